@@ -1,0 +1,185 @@
+"""One typed error hierarchy for every service, mapped to HTTP in exactly one place.
+
+ImgPodError
+ +-- BadRequest (400)
+ +-- Unauthorized (401)
+ +-- PayloadTooLarge (413)
+ +-- UnsupportedMedia (415)
+ +-- ValidationFailed (422)
+ +-- PolicyBlocked (422)
+ +-- Overloaded (429, Retry-After)
+ +-- InferenceFailed (500)          the model ran and failed
+ +-- UpstreamFailed (502)           a worker answered badly
+ +-- UnusableModelOutput (502)      the model answered, but the text is junk
+ +-- ModelUnavailable (503)         the model is not loaded (yet, or at all)
+ +-- NoHealthyWorker (503)          no worker of a pool can take the call
+ +-- UpstreamTimeout (504)          a worker did not answer in time
+
+Bodies are always ``{"detail": str, "code": str}`` (plus ``stage`` for upstream errors). ``str(exc)`` of
+library exceptions never reaches a body: it can leak paths and internals.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, ClassVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+
+class ImgPodError(Exception):
+    status_code: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+
+    def __init__(self, detail: str, *, stage: str | None = None, extra: dict[str, Any] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.stage = stage
+        self.extra = extra or {}
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"detail": self.detail, "code": self.code}
+        if self.stage:
+            body["stage"] = self.stage
+        body.update(self.extra)
+        return body
+
+
+class BadRequest(ImgPodError):
+    status_code = 400
+    code = "bad_request"
+
+
+class Unauthorized(ImgPodError):
+    status_code = 401
+    code = "unauthorized"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class PayloadTooLarge(ImgPodError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMedia(ImgPodError):
+    status_code = 415
+    code = "unsupported_media"
+
+
+class ValidationFailed(ImgPodError):
+    status_code = 422
+    code = "validation_error"
+
+
+class PolicyBlocked(ImgPodError):
+    status_code = 422
+    code = "policy_blocked"
+
+
+class Overloaded(ImgPodError):
+    status_code = 429
+    code = "overloaded"
+
+    def __init__(self, detail: str, *, retry_after_s: float, stage: str | None = None) -> None:
+        super().__init__(detail, stage=stage)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        # Retry-After is whole seconds; never 0, or clients hammer straight back.
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after_s)))}
+
+
+class InferenceFailed(ImgPodError):
+    status_code = 500
+    code = "inference_failed"
+
+
+class UpstreamFailed(ImgPodError):
+    status_code = 502
+    code = "upstream_failed"
+
+
+class UnusableModelOutput(ImgPodError):
+    status_code = 502
+    code = "unusable_model_output"
+
+
+class ModelUnavailable(ImgPodError):
+    status_code = 503
+    code = "model_unavailable"
+
+
+class NoHealthyWorker(ImgPodError):
+    status_code = 503
+    code = "no_healthy_worker"
+
+
+class UpstreamTimeout(ImgPodError):
+    status_code = 504
+    code = "upstream_timeout"
+
+
+_STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media",
+    422: "validation_error",
+    429: "overloaded",
+}
+
+
+def validation_detail(errors: Any) -> str:
+    """A readable one-line summary of pydantic errors, without the offending input values.
+
+    pydantic's ``input`` can be a 10,000-character prompt or a secret; we name the field and the rule only.
+    """
+    parts = []
+    for err in list(errors)[:10]:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "form"))
+        parts.append(f"{loc or 'body'}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register every handler once, so each service answers errors in the same shape."""
+
+    @app.exception_handler(ImgPodError)
+    async def _imgpod(_: Request, exc: ImgPodError) -> JSONResponse:
+        if exc.status_code >= 500:
+            log.warning("request failed", extra={"code": exc.code, "stage": exc.stage, "detail": exc.detail})
+        return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers())
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(
+            {"detail": validation_detail(exc.errors()), "code": "validation_error"}, status_code=422
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _STATUS_CODES.get(exc.status_code, "http_error")
+        return JSONResponse(
+            {"detail": str(exc.detail), "code": code},
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", exc_info=exc)
+        return JSONResponse({"detail": "internal server error", "code": "internal_error"}, status_code=500)

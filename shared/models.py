@@ -1,0 +1,246 @@
+"""Request and response models that cross a service boundary (DESIGN.md's contracts).
+
+Every request model forbids unknown fields: a typo in a client ("sed" for "seed") is a 422, not a silently
+random image.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+MAX_PROMPT_CHARS = 2000
+MAX_MESSAGE_CHARS = 2000
+MAX_HISTORY_TURNS = 50
+MAX_SEED = 2**32 - 1
+
+ImageFormat = Literal["png", "jpeg", "webp"]
+Source = Literal["model", "template"]
+NonEmptyPrompt = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_PROMPT_CHARS)
+]
+NonEmptyMessage = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_MESSAGE_CHARS)
+]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+Side = Annotated[int, Field(ge=16, le=2048, multiple_of=16)]
+Timings = dict[str, float]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class OpenModel(BaseModel):
+    """Responses: clients must tolerate new fields, so we do too when reading them."""
+
+    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+
+
+# --- selfie analysis -------------------------------------------------------------------------------------
+
+
+class Features(StrictModel):
+    """Appearance traits read from a selfie; ``None`` means the model gave no usable answer."""
+
+    hair_color: str | None = Field(None, max_length=64)
+    hair_style: str | None = Field(None, max_length=64)
+    eye_color: str | None = Field(None, max_length=64)
+    skin_tone: str | None = Field(None, max_length=64)
+    age_range: str | None = Field(None, max_length=32)
+    gender_presentation: str | None = Field(None, max_length=32)
+    facial_hair: str | None = Field(None, max_length=64)
+    glasses: bool | None = None
+    expression: str | None = Field(None, max_length=64)
+    accessories: list[Annotated[str, Field(max_length=64)]] = Field(default_factory=list, max_length=10)
+    description: str | None = Field(None, max_length=400)
+
+
+class FaceBox(StrictModel):
+    x: int
+    y: int
+    w: int
+    h: int
+
+
+class QualitySignals(OpenModel):
+    face_size_ratio: float | None = None
+    sharpness: float | None = None
+    exposure_mean: float | None = None
+    clipped_fraction: float | None = None
+    frontalness: float | None = None
+
+
+class FaceMeta(OpenModel):
+    detected: bool
+    box: FaceBox | None = None
+    confidence: float | None = None
+    landmarks: list[tuple[float, float]] | None = None
+    face_count: int = 0
+    quality_score: float = Field(ge=0.0, le=1.0)
+    signals: QualitySignals = Field(default_factory=QualitySignals)
+    detector: str | None = None
+
+
+class AnalyzeResponse(OpenModel):
+    face: FaceMeta
+    features: Features
+    features_parsed: bool = True
+    model: dict[str, str] = Field(default_factory=dict)
+    timings_ms: Timings = Field(default_factory=dict)
+
+
+# --- image generation ------------------------------------------------------------------------------------
+
+
+class GenerateRequest(StrictModel):
+    prompt: NonEmptyPrompt
+    negative_prompt: Annotated[str, Field(max_length=MAX_PROMPT_CHARS)] | None = None
+    seed: Seed | None = None
+    width: Side | None = None
+    height: Side | None = None
+    steps: Annotated[int, Field(ge=1, le=50)] | None = None
+    guidance_scale: Annotated[float, Field(ge=0.0, le=20.0)] | None = None
+    output_format: ImageFormat = "png"
+
+
+class GenerateResponse(OpenModel):
+    image_base64: str
+    format: ImageFormat
+    seed: int
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    prompt_used: str
+    prompt_tokens: int
+    prompt_truncated: bool
+    soft_blocked: bool = False
+    model: str
+    role: str
+    timings_ms: Timings = Field(default_factory=dict)
+
+
+class ProfileGenerateRequest(StrictModel):
+    """The profile worker builds its own prompt from features, so every client gets the same avatar style."""
+
+    features: Features
+    style: Annotated[str, Field(max_length=200)] | None = None
+    seed: Seed | None = None
+    width: Side | None = None
+    height: Side | None = None
+    steps: Annotated[int, Field(ge=1, le=50)] | None = None
+    output_format: ImageFormat = "png"
+
+
+# --- LLM -------------------------------------------------------------------------------------------------
+
+
+class ChatTurn(StrictModel):
+    role: Literal["user", "assistant"]
+    content: Annotated[str, Field(max_length=MAX_MESSAGE_CHARS)]
+
+
+History = Annotated[list[ChatTurn], Field(max_length=MAX_HISTORY_TURNS)]
+
+
+class ExpandRequest(StrictModel):
+    message: NonEmptyMessage
+    history: History = Field(default_factory=list)
+    persona: Features | None = None
+
+
+class ExpandResponse(OpenModel):
+    prompt: str
+    source: Source
+    model: str
+    shortened_message: str | None = None
+    timings_ms: Timings = Field(default_factory=dict)
+
+
+class CaptionRequest(StrictModel):
+    prompt: NonEmptyPrompt
+    message: Annotated[str, Field(max_length=MAX_MESSAGE_CHARS)] | None = None
+
+
+class CaptionResponse(OpenModel):
+    caption: str
+    word_count: int
+    source: Source
+    model: str
+    adjusted: bool = False
+    timings_ms: Timings = Field(default_factory=dict)
+
+
+class ReplyRequest(StrictModel):
+    message: NonEmptyMessage
+    history: History = Field(default_factory=list)
+    persona: Features
+
+
+class ReplyResponse(OpenModel):
+    reply: str
+    source: Source
+    model: str
+    timings_ms: Timings = Field(default_factory=dict)
+
+
+# --- public interface ------------------------------------------------------------------------------------
+
+
+class ChatImageRequest(StrictModel):
+    message: NonEmptyMessage
+    history: History = Field(default_factory=list)
+    persona: Features | None = None
+    seed: Seed | None = None
+    width: Side | None = None
+    height: Side | None = None
+
+
+class ChatImageResponse(OpenModel):
+    image_base64: str
+    caption: str
+    prompt_used: str
+    seed: int
+    source: Source
+    caption_source: Source = "model"
+    timings_ms: Timings = Field(default_factory=dict)
+
+
+class ImageGenRequest(StrictModel):
+    prompt: NonEmptyPrompt
+    negative_prompt: Annotated[str, Field(max_length=MAX_PROMPT_CHARS)] | None = None
+    seed: Seed | None = None
+    width: Side | None = None
+    height: Side | None = None
+    steps: Annotated[int, Field(ge=1, le=50)] | None = None
+
+
+class ImageGenResponse(OpenModel):
+    image_base64: str
+    prompt_used: str
+    seed: int
+    width: int
+    height: int
+    soft_blocked: bool = False
+    timings_ms: Timings = Field(default_factory=dict)
+
+
+class ProfileCreateResponse(OpenModel):
+    profile_image_base64: str
+    features: Features
+    face: FaceMeta
+    prompt_used: str
+    seed: int
+    timings_ms: Timings = Field(default_factory=dict)
+
+
+class HealthResponse(OpenModel):
+    status: Literal["ok", "loading", "error"]
+    service: str
+    detail: str | None = None
+    model: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+    role: str | None = None

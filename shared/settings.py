@@ -1,0 +1,128 @@
+"""Settings: one pydantic-settings class per service, env vars over a YAML file over code defaults.
+
+Each service subclasses ``ServiceSettings`` with its own ``env_prefix`` (``INTERFACE_``, ``LLM_``,
+``SELFIE_``, ``IMAGE_``) and ``yaml_section``. ``CONFIG_FILE`` names an optional YAML file whose
+``common:`` section applies to every service and whose ``<yaml_section>:`` section applies to one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any, ClassVar
+
+import yaml
+from pydantic import BeforeValidator, Field, SecretStr, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+_PLACEHOLDER_SECRETS = {"changeme", "change-me", "changethis", "secret", "token", "password", "xxx"}
+
+
+def parse_str_list(value: Any) -> Any:
+    """Accept a JSON list or a comma-separated string, so one env var can replace a pod URL."""
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return []
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+def _strip_url(url: Any) -> Any:
+    return url.strip().rstrip("/") if isinstance(url, str) else url
+
+
+def parse_url_list(value: Any) -> Any:
+    value = parse_str_list(value)
+    if isinstance(value, list):
+        return [_strip_url(v) for v in value]
+    return value
+
+
+UrlList = Annotated[list[str], NoDecode, BeforeValidator(parse_url_list)]
+StrList = Annotated[list[str], NoDecode, BeforeValidator(parse_str_list)]
+
+
+class YamlSectionSource(PydanticBaseSettingsSource):
+    """Reads ``common`` then ``<section>`` from the YAML file named by ``CONFIG_FILE``."""
+
+    def __init__(self, settings_cls: type[BaseSettings], section: str) -> None:
+        super().__init__(settings_cls)
+        self._data = self._load(section)
+
+    @staticmethod
+    def _load(section: str) -> dict[str, Any]:
+        path = os.environ.get("CONFIG_FILE")
+        if not path:
+            return {}
+        file = Path(path)
+        if not file.is_file():
+            raise FileNotFoundError(f"CONFIG_FILE={path} does not exist")
+        doc = yaml.safe_load(file.read_text()) or {}
+        if not isinstance(doc, dict):
+            raise ValueError(f"CONFIG_FILE={path} must hold a mapping")
+        merged: dict[str, Any] = {}
+        for key in ("common", section):
+            part = doc.get(key) or {}
+            if not isinstance(part, dict):
+                raise ValueError(f"CONFIG_FILE={path}: section {key!r} must be a mapping")
+            merged.update(part)
+        return merged
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        fields = self.settings_cls.model_fields
+        return {k: v for k, v in self._data.items() if k in fields}
+
+
+class ServiceSettings(BaseSettings):
+    """What every service has: where it listens, how it logs, the internal token, body limits."""
+
+    model_config = SettingsConfigDict(extra="ignore", validate_default=True)
+    yaml_section: ClassVar[str] = "common"
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    log_level: str = "info"
+    # Workers and the LLM demand it on every route but /healthz; the interface sends it on every call.
+    internal_token: SecretStr | None = None
+    max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024)
+
+    @field_validator("internal_token")
+    @classmethod
+    def _refuse_placeholder(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        raw = value.get_secret_value().strip()
+        if not raw:
+            return None
+        if raw.lower() in _PLACEHOLDER_SECRETS:
+            raise ValueError("internal_token is a placeholder; set a real secret or leave it unset")
+        return SecretStr(raw)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            env_settings,
+            YamlSectionSource(settings_cls, cls.yaml_section),
+            file_secret_settings,
+        )

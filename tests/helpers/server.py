@@ -1,0 +1,124 @@
+"""Start a real service as a uvicorn subprocess on a free loopback port and wait until it is healthy.
+
+Modelled on vLLM's ``RemoteOpenAIServer``: the test talks to the service over HTTP exactly as a client would.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+STARTUP_TIMEOUT_S = 120.0
+SHUTDOWN_TIMEOUT_S = 10.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServiceProcess:
+    """``with ServiceProcess("services.profile_worker.main", env={...}) as svc: httpx.get(svc.url + ...)``."""
+
+    def __init__(
+        self,
+        module: str,
+        *,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+        wait_healthy: bool = True,
+        expect_status: int = 200,
+        startup_timeout_s: float = STARTUP_TIMEOUT_S,
+        log_dir: Path | None = None,
+    ) -> None:
+        self.module = module
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.extra_env = env or {}
+        self.wait_healthy = wait_healthy
+        self.expect_status = expect_status
+        self.startup_timeout_s = startup_timeout_s
+        self.log_path = (log_dir or Path(os.environ.get("TMPDIR", "/tmp"))) / (
+            f"{module.replace('.', '_')}-{self.port}.log"
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ServiceProcess:
+        env = {**os.environ, **self.extra_env, "PYTHONUNBUFFERED": "1"}
+        cmd = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            f"{self.module}:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--no-access-log",
+        ]
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        if self.wait_healthy:
+            self.wait_for_health(self.expect_status)
+        return self
+
+    def wait_for_health(self, expect_status: int = 200) -> httpx.Response:
+        deadline = time.monotonic() + self.startup_timeout_s
+        last: str = "no answer"
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.module} exited with {self.proc.returncode}:\n{self.logs()[-4000:]}"
+                )
+            try:
+                resp = httpx.get(f"{self.url}/healthz", timeout=2.0)
+                if resp.status_code == expect_status:
+                    return resp
+                last = f"HTTP {resp.status_code}: {resp.text[:200]}"
+            except httpx.HTTPError as exc:
+                last = type(exc).__name__
+            time.sleep(0.2)
+        raise TimeoutError(
+            f"{self.module} not healthy after {self.startup_timeout_s}s ({last}):\n{self.logs()[-4000:]}"
+        )
+
+    def logs(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(SHUTDOWN_TIMEOUT_S)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(SHUTDOWN_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(SHUTDOWN_TIMEOUT_S)
+        if getattr(self, "_log", None):
+            self._log.close()
+
+    def __enter__(self) -> ServiceProcess:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
