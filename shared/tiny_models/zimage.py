@@ -49,9 +49,11 @@ def build_zimage(out: Path, seed: int = 0) -> Path:
         in_channels=3,
         out_channels=3,
         latent_channels=4,
-        block_out_channels=(8, 16),
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
+        # Four blocks give the production VAE's 8x downscale, so a 256x256 image is 1024 latent tokens
+        # for the transformer, as it would be at real scale, not 16k.
+        block_out_channels=(8, 8, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
         layers_per_block=1,
         norm_num_groups=8,
         sample_size=32,

@@ -1,0 +1,72 @@
+"""App factory of the image workers: one engine, four roles chosen by a setting."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastapi import FastAPI
+
+from services.image_worker.engine import ImageEngine
+from services.image_worker.routes import generate, health
+from services.image_worker.settings import ImageSettings, Role
+from shared.logging_config import configure_logging
+from shared.metrics import ServiceMetrics
+from shared.service import build_app
+
+VERSION = "0.1.0"
+
+
+def create_app(settings: ImageSettings | None = None, *, role: Role | None = None) -> FastAPI:
+    if settings is None:
+        settings = ImageSettings(role=role) if role else ImageSettings()
+    elif role and settings.role != role:
+        settings = settings.model_copy(update={"role": role})
+    configure_logging(f"image_worker:{settings.role}", settings.log_level)
+    metrics = ServiceMetrics(f"image_{settings.role}")
+    engine = ImageEngine(settings, metrics)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Load in the background so /healthz can answer 503 "loading" while a 12 GB model comes up.
+        loader = asyncio.create_task(engine.start(), name="image-engine-load")
+        try:
+            yield
+        finally:
+            loader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loader
+            await engine.stop()
+
+    app = build_app(
+        title=f"img_pod image worker ({settings.role})",
+        version=VERSION,
+        lifespan=lifespan,
+        routers=[health.router, generate.build_router(settings.role)],
+        metrics=metrics,
+        keys=[settings.internal_token] if settings.internal_token else [],
+        max_body_bytes=settings.max_body_bytes,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    return app
+
+
+def role_entrypoint(role: Role | None) -> tuple[Callable[..., FastAPI], Callable[[str], Any]]:
+    """``create_app`` and a module ``__getattr__`` for one role's ``main.py``.
+
+    The module ``__getattr__`` makes ``services.<role>_worker.main:app`` work for plain
+    ``uvicorn module:app`` while building nothing at import time.
+    """
+
+    def factory(settings: ImageSettings | None = None) -> FastAPI:
+        return create_app(settings, role=role)
+
+    def module_getattr(name: str) -> Any:
+        if name == "app":
+            return factory()
+        raise AttributeError(name)
+
+    return factory, module_getattr

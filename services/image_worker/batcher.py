@@ -1,0 +1,192 @@
+"""Micro-batching scheduler: one runner task per device pipeline, all pulling from one pending list.
+
+Why a list and not an asyncio.Queue: a runner that has taken a job looks for more *compatible* jobs (same
+size, steps, guidance) anywhere in the pending list and leaves the others in order for the next call.
+Each device is driven by exactly one runner, so a pipeline never sees two calls at once, and several
+devices in one worker share the load without any routing logic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from services.image_worker.pipeline import DevicePipeline, ImageJob
+from shared.errors import InferenceFailed, Overloaded
+from shared.metrics import ServiceMetrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class ImageResult:
+    image: Image.Image
+    device: str
+    batch_size: int
+    queue_ms: float
+    inference_ms: float
+
+
+@dataclass(slots=True)
+class _Pending:
+    job: ImageJob
+    tokens: int
+    future: asyncio.Future[ImageResult]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class Batcher:
+    def __init__(
+        self,
+        pipelines: list[DevicePipeline],
+        *,
+        max_batch: int,
+        batch_wait_ms: float,
+        queue_limit: int,
+        metrics: ServiceMetrics,
+    ) -> None:
+        self.pipelines = pipelines
+        self.max_batch = max_batch
+        self.batch_wait_s = batch_wait_ms / 1000.0
+        self.queue_limit = queue_limit
+        self._pending: deque[_Pending] = deque()
+        self._cond = asyncio.Condition()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._busy = 0
+        self._mean_batch_s = 1.0
+        self.m_batch = metrics.histogram(
+            "imgpod_image_batch_size", "Images per pipeline call", buckets=(1, 2, 4, 8, 16, 32)
+        )
+        self.m_infer = metrics.histogram("imgpod_model_inference_seconds", "Pipeline call time", ("device",))
+        self.m_depth = metrics.gauge("imgpod_image_pending", "Jobs waiting for a pipeline")
+        self.m_failed = metrics.counter("imgpod_image_failures_total", "Jobs that failed in the pipeline")
+
+    @property
+    def concurrency(self) -> int:
+        return len(self.pipelines)
+
+    def start(self) -> None:
+        for pipe in self.pipelines:
+            self._tasks.append(asyncio.create_task(self._runner(pipe), name=f"image-runner-{pipe.device}"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        while self._pending:
+            item = self._pending.popleft()
+            if not item.future.done():
+                item.future.set_exception(InferenceFailed("worker is shutting down"))
+
+    async def submit(self, job: ImageJob, tokens: int) -> ImageResult:
+        if len(self._pending) >= self.queue_limit:
+            wait = len(self._pending) / max(1, len(self.pipelines) * self.max_batch) * self._mean_batch_s
+            raise Overloaded("image worker queue is full", retry_after_s=wait, stage="image")
+        future: asyncio.Future[ImageResult] = asyncio.get_running_loop().create_future()
+        async with self._cond:
+            self._pending.append(_Pending(job, tokens, future))
+            self.m_depth.set(len(self._pending))
+            self._cond.notify_all()
+        # If the caller goes away (client disconnect), the future is cancelled and the runner skips it.
+        return await future
+
+    def _take_compatible(self, batch: list[_Pending]) -> None:
+        key = batch[0].job.batch_key()
+        keep: deque[_Pending] = deque()
+        while self._pending:
+            item = self._pending.popleft()
+            if item.future.done():
+                continue
+            if len(batch) < self.max_batch and item.job.batch_key() == key:
+                batch.append(item)
+            else:
+                keep.append(item)
+        self._pending = keep
+
+    async def _next_batch(self) -> list[_Pending]:
+        loop = asyncio.get_running_loop()
+        async with self._cond:
+            while True:
+                await self._cond.wait_for(lambda: bool(self._pending))
+                first = self._pending.popleft()
+                if not first.future.done():
+                    break
+            batch = [first]
+            self._take_compatible(batch)
+            deadline = loop.time() + self.batch_wait_s
+            while len(batch) < self.max_batch:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    await asyncio.wait_for(self._cond.wait(), remaining)
+                except TimeoutError:
+                    break
+                self._take_compatible(batch)
+            self.m_depth.set(len(self._pending))
+        return batch
+
+    async def _runner(self, pipe: DevicePipeline) -> None:
+        while True:
+            batch = await self._next_batch()
+            started = time.perf_counter()
+            try:
+                images = await asyncio.to_thread(pipe.run, [p.job for p in batch], [p.tokens for p in batch])
+            except Exception as exc:
+                if len(batch) == 1:
+                    self._fail(batch[0], exc)
+                    continue
+                # One bad item must not fail the others: run them one by one to find it.
+                log.warning("batch failed, retrying items alone", extra={"n": len(batch)})
+                for item in batch:
+                    await self._run_single(pipe, item)
+                continue
+            elapsed = time.perf_counter() - started
+            self._observe(pipe, len(batch), elapsed)
+            for item, image in zip(batch, images, strict=True):
+                self._resolve(item, image, pipe.device, len(batch), started, elapsed)
+
+    async def _run_single(self, pipe: DevicePipeline, item: _Pending) -> None:
+        if item.future.done():
+            return
+        started = time.perf_counter()
+        try:
+            (image,) = await asyncio.to_thread(pipe.run, [item.job], [item.tokens])
+        except Exception as exc:
+            self._fail(item, exc)
+            return
+        elapsed = time.perf_counter() - started
+        self._observe(pipe, 1, elapsed)
+        self._resolve(item, image, pipe.device, 1, started, elapsed)
+
+    def _observe(self, pipe: DevicePipeline, n: int, elapsed: float) -> None:
+        self.m_batch.observe(n)
+        self.m_infer.labels(pipe.device).observe(elapsed)
+        self._mean_batch_s = 0.8 * self._mean_batch_s + 0.2 * elapsed
+
+    def _resolve(
+        self, item: _Pending, image: Image.Image, device: str, n: int, started: float, elapsed: float
+    ) -> None:
+        if item.future.done():
+            return
+        item.future.set_result(
+            ImageResult(
+                image=image,
+                device=device,
+                batch_size=n,
+                queue_ms=(started - item.enqueued) * 1000,
+                inference_ms=elapsed * 1000,
+            )
+        )
+
+    def _fail(self, item: _Pending, exc: Exception) -> None:
+        self.m_failed.inc()
+        log.error("image generation failed", exc_info=exc)
+        if not item.future.done():
+            item.future.set_exception(InferenceFailed(f"image generation failed ({type(exc).__name__})"))

@@ -1,0 +1,141 @@
+"""The image engine: loads one pipeline per device in the background and turns requests into jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+from services.image_worker.batcher import Batcher, ImageResult
+from services.image_worker.devices import resolve_devices
+from services.image_worker.pipeline import DevicePipeline, ImageJob, ModelLoadError
+from services.image_worker.settings import ImageSettings
+from shared.errors import ModelUnavailable, ValidationFailed
+from shared.metrics import ServiceMetrics
+from shared.models import MAX_SEED
+
+log = logging.getLogger(__name__)
+EngineState = Literal["loading", "ok", "error"]
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationParams:
+    prompt: str
+    negative_prompt: str | None
+    seed: int | None
+    width: int | None
+    height: int | None
+    steps: int | None
+    guidance_scale: float | None
+
+
+@dataclass(slots=True)
+class Generated:
+    result: ImageResult
+    job: ImageJob
+    prompt_tokens: int
+    prompt_truncated: bool
+
+
+class ImageEngine:
+    def __init__(self, settings: ImageSettings, metrics: ServiceMetrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.state: EngineState = "loading"
+        self.error: str | None = None
+        self.devices: list[str] = []
+        self.dtype: str | None = None
+        self.load_seconds: float | None = None
+        self.batcher: Batcher | None = None
+        self._pipelines: list[DevicePipeline] = []
+
+    async def start(self) -> None:
+        """Load every pipeline off the event loop; failures are kept for /healthz, never raised."""
+        started = time.perf_counter()
+        try:
+            self.devices = resolve_devices(self.settings.devices)
+            pipelines = [
+                DevicePipeline(
+                    self.settings.model_id, d, self.settings.dtype, self.settings.max_sequence_length
+                )
+                for d in self.devices
+            ]
+            for pipe in pipelines:
+                await asyncio.to_thread(
+                    pipe.load,
+                    attention_backend=self.settings.attention_backend,
+                    compile_transformer=self.settings.compile,
+                )
+                if self.settings.warmup:
+                    await asyncio.to_thread(self._warm_up, pipe)
+            self._pipelines = pipelines
+            self.dtype = str(pipelines[0].dtype).removeprefix("torch.")
+            self.batcher = Batcher(
+                pipelines,
+                max_batch=self.settings.max_batch,
+                batch_wait_ms=self.settings.batch_wait_ms,
+                queue_limit=self.settings.queue_limit,
+                metrics=self.metrics,
+            )
+            self.batcher.start()
+            self.state = "ok"
+            self.load_seconds = time.perf_counter() - started
+            log.info(
+                "image model ready", extra={"model": self.settings.model_id, "s": round(self.load_seconds, 2)}
+            )
+        except (ModelLoadError, ValueError) as exc:
+            self._failed(str(exc))
+        except Exception as exc:
+            self._failed(f"could not start image engine: {type(exc).__name__}")
+            log.exception("image engine failed to start")
+
+    def _failed(self, message: str) -> None:
+        self.state = "error"
+        self.error = message
+        log.error("image model unavailable", extra={"detail": message})
+
+    def _warm_up(self, pipe: DevicePipeline) -> None:
+        # The first call pays for kernel selection and allocator growth; pay it before reporting healthy.
+        job = ImageJob("warm-up", None, 0, self.settings.default_width, self.settings.default_height, 1, 0.0)
+        pipe.run([job], [pipe.count_tokens(job.prompt)])
+
+    async def stop(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.stop()
+        self._pipelines.clear()
+
+    def require_ready(self) -> Batcher:
+        if self.state == "ok" and self.batcher is not None:
+            return self.batcher
+        if self.state == "loading":
+            raise ModelUnavailable("image model is still loading; retry shortly")
+        raise ModelUnavailable(f"image model unavailable: {self.error}")
+
+    def make_job(self, params: GenerationParams) -> ImageJob:
+        s = self.settings
+        width = params.width or s.default_width
+        height = params.height or s.default_height
+        for name, side in (("width", width), ("height", height)):
+            if side % 16:
+                raise ValidationFailed(f"{name} must be a multiple of 16")
+            if side > s.max_side:
+                raise ValidationFailed(f"{name} {side} is over the limit of {s.max_side}")
+        if width * height > s.max_pixels:
+            raise ValidationFailed(f"{width}x{height} is over the limit of {s.max_pixels} pixels")
+        steps = params.steps or s.default_steps
+        if steps > s.max_steps:
+            raise ValidationFailed(f"steps {steps} is over the limit of {s.max_steps}")
+        guidance = s.default_guidance if params.guidance_scale is None else params.guidance_scale
+        seed = params.seed if params.seed is not None else secrets.randbelow(MAX_SEED + 1)
+        negative = params.negative_prompt.strip() if params.negative_prompt else None
+        return ImageJob(params.prompt, negative or None, seed, width, height, steps, guidance)
+
+    async def generate(self, params: GenerationParams) -> Generated:
+        batcher = self.require_ready()
+        job = self.make_job(params)
+        tokens = self._pipelines[0].count_tokens(job.prompt)
+        result = await batcher.submit(job, tokens)
+        return Generated(result, job, tokens, tokens > self.settings.max_sequence_length)

@@ -1,0 +1,50 @@
+"""Settings of the Z-Image engine shared by the profile, chat1to1, shorts and scenes workers (``IMAGE_``)."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from shared.settings import ServiceSettings
+
+Role = Literal["general", "profile", "chat1to1", "shorts", "scenes"]
+
+
+class ImageSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="IMAGE_", extra="ignore", validate_default=True)
+    yaml_section: ClassVar[str] = "image"
+
+    role: Role = "general"
+    model_id: str = "Tongyi-MAI/Z-Image-Turbo"
+    # "auto": every CUDA device if any, else one CPU pipeline. "cuda:0,cuda:1" or "cpu,cpu" to choose.
+    devices: str = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+    default_width: int = Field(1024, ge=16, multiple_of=16)
+    default_height: int = Field(1024, ge=16, multiple_of=16)
+    max_side: int = Field(2048, ge=16, multiple_of=16)
+    max_pixels: int = Field(2048 * 2048, ge=256)
+    # Turbo is distilled for 8 evaluations without classifier-free guidance.
+    default_steps: int = Field(8, ge=1, le=50)
+    max_steps: int = Field(50, ge=1, le=50)
+    default_guidance: float = Field(0.0, ge=0.0, le=20.0)
+    max_sequence_length: int = Field(512, ge=16, le=4096)
+
+    max_batch: int = Field(4, ge=1, le=64)
+    batch_wait_ms: float = Field(5.0, ge=0.0, le=1000.0)
+    queue_limit: int = Field(64, ge=1)
+    warmup: bool = True
+    attention_backend: str | None = None
+    compile: bool = False
+    inference_timeout_s: float = Field(300.0, gt=0)
+
+    @model_validator(mode="after")
+    def _defaults_within_bounds(self) -> ImageSettings:
+        for side in (self.default_width, self.default_height):
+            if side > self.max_side:
+                raise ValueError(f"default size {side} is over max_side {self.max_side}")
+        if self.default_steps > self.max_steps:
+            raise ValueError("default_steps is over max_steps")
+        return self

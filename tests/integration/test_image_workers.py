@@ -1,0 +1,249 @@
+"""The four image workers over HTTP, on the tiny Z-Image checkpoint, through the production loading code."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.helpers.server import ServiceProcess
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "test-internal-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+ROLES = {
+    "profile": "/v1/profile/generate",
+    "chat1to1": "/v1/chat/1to1/generate",
+    "shorts": "/v1/chat/shorts/generate",
+    "scenes": "/v1/chat/scenes/generate",
+}
+FEATURES = {"hair_color": "auburn", "hair_style": "curly", "eye_color": "green", "age_range": "30-40"}
+
+
+def image_env(model_dir: Path, **extra: str) -> dict[str, str]:
+    return {
+        "IMAGE_MODEL_ID": str(model_dir),
+        "IMAGE_DEFAULT_WIDTH": "64",
+        "IMAGE_DEFAULT_HEIGHT": "64",
+        "IMAGE_MAX_SIDE": "512",
+        "IMAGE_DEVICES": "cpu",
+        "IMAGE_INTERNAL_TOKEN": TOKEN,
+        **extra,
+    }
+
+
+def decode(b64: str) -> Image.Image:
+    img = Image.open(io.BytesIO(base64.b64decode(b64)))
+    img.load()
+    return img
+
+
+def body_for(role: str, **extra: object) -> dict[str, object]:
+    if role == "profile":
+        return {"features": FEATURES, **extra}
+    return {"prompt": "a red fox in a snowy forest, golden hour", **extra}
+
+
+@pytest.fixture(scope="module")
+def workers(tiny_models: dict[str, Path]) -> Iterator[dict[str, ServiceProcess]]:
+    procs = {
+        role: ServiceProcess(
+            f"services.{role}_worker.main", env=image_env(tiny_models["zimage"]), wait_healthy=False
+        )
+        for role in ROLES
+    }
+    try:
+        for proc in procs.values():
+            proc.start()
+        for proc in procs.values():
+            proc.wait_for_health()
+        yield procs
+    finally:
+        for proc in procs.values():
+            proc.stop()
+
+
+@pytest.mark.parametrize("role", list(ROLES))
+def test_role_route_returns_png_of_asked_size(workers: dict[str, ServiceProcess], role: str) -> None:
+    resp = httpx.post(
+        workers[role].url + ROLES[role],
+        json=body_for(role, width=96, height=64, seed=7),
+        headers=AUTH,
+        timeout=60,
+    )
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    img = decode(body["image_base64"])
+    assert img.format == "PNG"
+    assert img.size == (96, 64)
+    assert body["seed"] == 7
+    assert body["role"] == role
+    assert body["prompt_tokens"] > 0
+    assert body["prompt_truncated"] is False
+    assert resp.headers["X-Request-ID"]
+    # A random-weight model still makes an image with content, not a blank placeholder.
+    assert np.asarray(img).std() > 1.0
+
+
+def test_profile_prompt_carries_features(workers: dict[str, ServiceProcess]) -> None:
+    resp = httpx.post(
+        workers["profile"].url + ROLES["profile"], json=body_for("profile"), headers=AUTH, timeout=60
+    )
+    prompt = resp.json()["prompt_used"]
+    for trait in ("auburn", "curly", "green eyes", "30-40"):
+        assert trait in prompt
+
+
+@pytest.mark.parametrize("role", list(ROLES))
+def test_every_role_serves_generic_route(workers: dict[str, ServiceProcess], role: str) -> None:
+    resp = httpx.post(
+        workers[role].url + "/v1/generate", json={"prompt": "a lighthouse"}, headers=AUTH, timeout=60
+    )
+    assert resp.status_code == 200, resp.text
+    assert decode(resp.json()["image_base64"]).size == (64, 64)
+
+
+def test_same_seed_same_bytes_other_seed_differs(workers: dict[str, ServiceProcess]) -> None:
+    url = workers["chat1to1"].url + ROLES["chat1to1"]
+    first, second, other = (
+        httpx.post(url, json=body_for("chat1to1", seed=seed), headers=AUTH, timeout=60).json()["image_base64"]
+        for seed in (1234, 1234, 4321)
+    )
+    assert first == second
+    assert first != other
+
+
+def test_missing_seed_gets_one_and_reports_it(workers: dict[str, ServiceProcess]) -> None:
+    url = workers["scenes"].url + ROLES["scenes"]
+    a = httpx.post(url, json=body_for("scenes"), headers=AUTH, timeout=60).json()
+    b = httpx.post(url, json=body_for("scenes", seed=a["seed"]), headers=AUTH, timeout=60).json()
+    assert isinstance(a["seed"], int)
+    assert a["image_base64"] == b["image_base64"]
+
+
+def test_output_formats(workers: dict[str, ServiceProcess]) -> None:
+    url = workers["shorts"].url + ROLES["shorts"]
+    for fmt, pil_name in (("jpeg", "JPEG"), ("webp", "WEBP")):
+        resp = httpx.post(url, json=body_for("shorts", output_format=fmt), headers=AUTH, timeout=60)
+        assert decode(resp.json()["image_base64"]).format == pil_name
+
+
+def test_concurrent_requests_keep_their_own_seed(workers: dict[str, ServiceProcess]) -> None:
+    """Concurrent calls (batched together) must each get the image of their own seed, not a neighbour's."""
+    url = workers["shorts"].url + ROLES["shorts"]
+    seeds = [11, 22, 33, 44, 55]
+
+    async def burst() -> list[dict[str, object]]:
+        async with httpx.AsyncClient(timeout=120) as client:
+            calls = [client.post(url, json=body_for("shorts", seed=s), headers=AUTH) for s in seeds]
+            return [r.json() for r in await asyncio.gather(*calls)]
+
+    together = asyncio.run(burst())
+    alone = [httpx.post(url, json=body_for("shorts", seed=s), headers=AUTH, timeout=60).json() for s in seeds]
+    for t, a in zip(together, alone, strict=True):
+        assert t["seed"] == a["seed"]
+        diff = np.abs(
+            np.asarray(decode(t["image_base64"]), float) - np.asarray(decode(a["image_base64"]), float)
+        )
+        # Batched and single calls may differ by float rounding only, never by a whole different image.
+        assert diff.mean() < 2.0
+    distinct = {t["image_base64"] for t in together}
+    assert len(distinct) == len(seeds)
+
+
+@pytest.mark.parametrize(
+    ("payload", "fragment"),
+    [
+        ({"prompt": "x", "width": 65}, "multiple of 16"),
+        ({"prompt": "x", "width": 1024}, "over the limit"),
+        ({"prompt": "x", "steps": 0}, "steps"),
+        ({"prompt": "x", "steps": 51}, "steps"),
+        ({"prompt": "   "}, "prompt"),
+        ({"prompt": ""}, "prompt"),
+        ({"prompt": "x", "sed": 1}, "sed"),
+        ({"prompt": "x" * 5000}, "prompt"),
+        ({"prompt": "x", "seed": -1}, "seed"),
+        ({"width": 64}, "prompt"),
+        ({"prompt": "x", "output_format": "gif"}, "output_format"),
+    ],
+)
+def test_bad_input_is_a_clear_422(
+    workers: dict[str, ServiceProcess], payload: dict[str, object], fragment: str
+) -> None:
+    resp = httpx.post(workers["chat1to1"].url + "/v1/generate", json=payload, headers=AUTH, timeout=30)
+    assert resp.status_code == 422, resp.text
+    body = resp.json()
+    assert body["code"] == "validation_error"
+    assert fragment in body["detail"]
+
+
+def test_not_json_is_422(workers: dict[str, ServiceProcess]) -> None:
+    resp = httpx.post(
+        workers["chat1to1"].url + "/v1/generate",
+        content=b"not json",
+        headers={**AUTH, "Content-Type": "application/json"},
+    )
+    assert resp.status_code == 422
+    assert resp.json()["detail"]
+
+
+def test_oversized_body_is_413(workers: dict[str, ServiceProcess]) -> None:
+    resp = httpx.post(
+        workers["chat1to1"].url + "/v1/generate",
+        content=b'{"prompt": "' + b"x" * (3 * 1024 * 1024) + b'"}',
+        headers={**AUTH, "Content-Type": "application/json"},
+    )
+    assert resp.status_code == 413
+    assert resp.json()["code"] == "payload_too_large"
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}])
+def test_token_required_except_healthz(workers: dict[str, ServiceProcess], headers: dict[str, str]) -> None:
+    base = workers["profile"].url
+    resp = httpx.post(base + ROLES["profile"], json=body_for("profile"), headers=headers)
+    assert resp.status_code == 401
+    assert resp.json()["code"] == "unauthorized"
+    assert httpx.get(base + "/metrics", headers=headers).status_code == 401
+    assert httpx.get(base + "/healthz").status_code == 200
+
+
+def test_healthz_and_metrics(workers: dict[str, ServiceProcess], tiny_models: dict[str, Path]) -> None:
+    health = httpx.get(workers["scenes"].url + "/healthz").json()
+    assert health["status"] == "ok"
+    assert health["model"] == str(tiny_models["zimage"])
+    assert (health["device"], health["dtype"], health["role"]) == ("cpu", "float32", "scenes")
+    metrics = httpx.get(workers["scenes"].url + "/metrics", headers=AUTH).text
+    assert "imgpod_model_inference_seconds" in metrics
+    assert "imgpod_http_requests_total" in metrics
+
+
+def test_wrong_role_route_is_404(workers: dict[str, ServiceProcess]) -> None:
+    resp = httpx.post(workers["shorts"].url + ROLES["scenes"], json=body_for("scenes"), headers=AUTH)
+    assert resp.status_code == 404
+
+
+def test_missing_model_fails_visibly(tmp_path: Path) -> None:
+    env = image_env(tmp_path / "no-such-model")
+    with ServiceProcess("services.chat1to1_worker.main", env=env, expect_status=503) as proc:
+        health = proc.wait_for_health(503).json()
+        deadline = time.monotonic() + 60
+        while health["status"] == "loading" and time.monotonic() < deadline:
+            time.sleep(0.2)
+            health = httpx.get(proc.url + "/healthz").json()
+        assert health["status"] == "error"
+        assert "does not exist" in health["detail"]
+        resp = httpx.post(proc.url + ROLES["chat1to1"], json=body_for("chat1to1"), headers=AUTH)
+        assert resp.status_code == 503
+        body = resp.json()
+        assert body["code"] == "model_unavailable"
+        assert "does not exist" in body["detail"]
+        assert "image_base64" not in body
