@@ -1,0 +1,68 @@
+"""Queues per public endpoint, sized by the pools behind them, and the client-disconnect watcher."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import Request
+
+from services.interface.pools import WorkerPool
+from services.interface.settings import ENDPOINTS, InterfaceSettings
+from shared.metrics import ServiceMetrics
+from shared.queue_manager import BoundedQueue, QueueMetrics
+
+
+class ClientGone(Exception):
+    """The client disconnected while its request was queued or running."""
+
+
+def build_queues(
+    settings: InterfaceSettings, metrics: ServiceMetrics, pools_for: dict[str, list[WorkerPool]]
+) -> dict[str, BoundedQueue]:
+    qm = QueueMetrics.create(metrics)
+    queues: dict[str, BoundedQueue] = {}
+    for endpoint in ENDPOINTS:
+        limits = settings.queue_limits(endpoint)
+        queue = BoundedQueue(
+            endpoint,
+            capacity=limits.capacity,
+            sla_s=limits.sla_ms / 1000,
+            retry_after_cap_s=settings.retry_after_cap_ms / 1000,
+            metrics=qm,
+        )
+        queues[endpoint] = queue
+        pools = pools_for[endpoint]
+
+        # A flow needs every pool it calls; the scarcest one bounds how many items can usefully run at once.
+        def resize(_: int, queue: BoundedQueue = queue, pools: list[WorkerPool] = pools) -> None:
+            queue.set_consumers(min(p.capacity for p in pools))
+
+        for pool in pools:
+            pool.on_change(resize)
+    return queues
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def run_admitted(request: Request, queue: BoundedQueue, work: Callable[[], Awaitable[Any]]) -> Any:
+    """Submit to the queue and give up the item as soon as the client disconnects."""
+    submit = asyncio.ensure_future(queue.submit(work))
+    gone = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        done, _ = await asyncio.wait({submit, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if submit in done:
+        return submit.result()
+    submit.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await submit
+    raise ClientGone()

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from services.interface.admission import run_admitted
+from services.interface.deps import FlowsDep, QueuesDep
+from shared.models import (
+    ChatImageRequest,
+    ChatImageResponse,
+    ImageGenRequest,
+    ImageGenResponse,
+    ReplyRequest,
+    ReplyResponse,
+)
+
+router = APIRouter(tags=["chat"])
+
+
+@router.post("/v1/chat/1to1/imagegen", response_model=ChatImageResponse)
+async def chat_1to1_image(
+    req: ChatImageRequest, request: Request, flows: FlowsDep, queues: QueuesDep
+) -> ChatImageResponse:
+    """1:1 chat image: LLM expansion (unmoderated, hard block only), image, caption."""
+    return await run_admitted(request, queues["chat1to1"], lambda: flows.chat_image("1to1", req))
+
+
+@router.post("/v1/chat/shorts/generate", response_model=ChatImageResponse)
+async def chat_shorts(
+    req: ChatImageRequest, request: Request, flows: FlowsDep, queues: QueuesDep
+) -> ChatImageResponse:
+    """Shorts image: moderated expansion, image, caption."""
+    return await run_admitted(request, queues["shorts"], lambda: flows.chat_image("shorts", req))
+
+
+@router.post("/v1/chat/scenes/generate", response_model=ChatImageResponse)
+async def chat_scenes(
+    req: ChatImageRequest, request: Request, flows: FlowsDep, queues: QueuesDep
+) -> ChatImageResponse:
+    """Scenes image: moderated expansion, image, caption."""
+    return await run_admitted(request, queues["scenes"], lambda: flows.chat_image("scenes", req))
+
+
+@router.post("/v1/chat/private/imagegen", response_model=ImageGenResponse)
+async def private_image(
+    req: ImageGenRequest, request: Request, flows: FlowsDep, queues: QueuesDep
+) -> ImageGenResponse:
+    """Private chat image straight from the prompt: hard block only, no LLM."""
+    return await run_admitted(request, queues["private"], lambda: flows.private_image(req))
+
+
+@router.post("/v1/chat/1to1/reply", response_model=ReplyResponse)
+async def chat_reply(
+    req: ReplyRequest, request: Request, flows: FlowsDep, queues: QueuesDep
+) -> ReplyResponse:
+    """An in-character reply from the persona."""
+    return await run_admitted(request, queues["reply"], lambda: flows.reply(req))
+
+
+@router.post("/v1/imagegen", response_model=ImageGenResponse)
+async def general_image(
+    req: ImageGenRequest, request: Request, flows: FlowsDep, queues: QueuesDep
+) -> ImageGenResponse:
+    """General text to image: soft-blocked prompts get safety constraints appended."""
+    return await run_admitted(request, queues["text2img"], lambda: flows.general_image(req))

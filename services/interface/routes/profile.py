@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Request, UploadFile
+
+from services.interface.admission import run_admitted
+from services.interface.deps import FlowsDep, QueuesDep, SettingsDep
+from shared.errors import PayloadTooLarge
+from shared.images import decode_upload
+from shared.models import MAX_SEED, ProfileCreateResponse
+
+router = APIRouter(tags=["profile"])
+
+
+@router.post("/v1/profile/create", response_model=ProfileCreateResponse)
+async def create_profile(
+    request: Request,
+    flows: FlowsDep,
+    queues: QueuesDep,
+    settings: SettingsDep,
+    file: Annotated[UploadFile, File(description="The selfie: JPEG, PNG or WebP")],
+    style: Annotated[str | None, Form(max_length=200)] = None,
+    seed: Annotated[int | None, Form(ge=0, le=MAX_SEED)] = None,
+) -> ProfileCreateResponse:
+    """Selfie in, avatar out: face and features from the selfie worker, then the profile image."""
+    data = await file.read(settings.max_upload_bytes + 1)
+    if len(data) > settings.max_upload_bytes:
+        raise PayloadTooLarge(f"upload is over {settings.max_upload_bytes} bytes")
+    # Refuse non-images and decompression bombs here, before they queue or travel to a GPU pod.
+    await asyncio.to_thread(
+        decode_upload, data, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_upload_pixels
+    )
+    name = file.filename or "selfie"
+    content_type = file.content_type or "application/octet-stream"
+    return await run_admitted(
+        request, queues["profile"], lambda: flows.create_profile(data, name, content_type, style, seed)
+    )

@@ -1,0 +1,68 @@
+"""Interface settings (``INTERFACE_``): worker URLs per pool, queues, timeouts, limits, keys."""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar
+
+from pydantic import BaseModel, BeforeValidator, Field, SecretStr
+from pydantic_settings import NoDecode, SettingsConfigDict
+
+from shared.settings import ServiceSettings, UrlList, parse_str_list
+
+ENDPOINTS = ("profile", "text2img", "chat1to1", "shorts", "scenes", "private", "reply")
+SecretList = Annotated[list[SecretStr], NoDecode, BeforeValidator(parse_str_list)]
+
+
+class QueueLimits(BaseModel):
+    capacity: int = Field(ge=1)
+    sla_ms: float = Field(gt=0)
+
+
+class InterfaceSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="INTERFACE_", extra="ignore", validate_default=True)
+    yaml_section: ClassVar[str] = "interface"
+
+    port: int = 8000
+    # Uploads of up to max_upload_bytes arrive as multipart, so the body limit must leave room for them.
+    max_body_bytes: int = Field(12 * 1024 * 1024, ge=1024)
+
+    profile_worker_urls: UrlList = Field(default_factory=list)
+    selfie_feature_worker_urls: UrlList = Field(default_factory=list)
+    chat1to1_worker_urls: UrlList = Field(default_factory=list)
+    shorts_worker_urls: UrlList = Field(default_factory=list)
+    scenes_worker_urls: UrlList = Field(default_factory=list)
+    text2img_worker_urls: UrlList = Field(default_factory=list)
+    llm_urls: UrlList = Field(default_factory=list)
+
+    # Client keys; when the list is empty, /v1 is open (local development).
+    api_keys: SecretList = Field(default_factory=list)
+
+    queue_capacity: int = Field(32, ge=1)
+    queue_sla_ms: float = Field(60_000, gt=0)
+    # Per endpoint, e.g. INTERFACE_QUEUE_OVERRIDES='{"profile": {"capacity": 8, "sla_ms": 120000}}'.
+    queue_overrides: dict[str, QueueLimits] = Field(default_factory=dict)
+    retry_after_cap_ms: float = Field(30_000, gt=0)
+    per_worker_concurrency: int = Field(2, ge=1)
+    llm_concurrency: int = Field(4, ge=1)
+
+    health_interval_s: float = Field(2.0, gt=0)
+    health_timeout_s: float = Field(2.0, gt=0)
+    eject_after_failures: int = Field(3, ge=1)
+    eject_cooldown_s: float = Field(10.0, ge=0)
+
+    analyze_timeout_s: float = Field(60.0, gt=0)
+    generate_timeout_s: float = Field(120.0, gt=0)
+    expand_timeout_s: float = Field(30.0, gt=0)
+    caption_timeout_s: float = Field(20.0, gt=0)
+    reply_timeout_s: float = Field(30.0, gt=0)
+
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    max_upload_pixels: int = Field(40_000_000, ge=1024)
+    # When the caption stage fails after the image was made, answer with a labelled template caption
+    # (caption_source "template") rather than throwing the image away.
+    caption_fallback: bool = True
+
+    def queue_limits(self, endpoint: str) -> QueueLimits:
+        return self.queue_overrides.get(endpoint) or QueueLimits(
+            capacity=self.queue_capacity, sla_ms=self.queue_sla_ms
+        )

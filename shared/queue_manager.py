@@ -1,0 +1,189 @@
+"""Bounded per-endpoint queues with SLA-aware admission, as DESIGN.md's "Queues and admission".
+
+Why admission looks at the estimated wait and not only at free slots: a queue with room can still hold a
+request for minutes when the workers are slow. We refuse at once (429 + Retry-After) when the wait
+estimate (items ahead / consumers x recent mean service time) is past the endpoint's SLA, so clients back
+off instead of timing out, and the queue never holds work nobody will wait for.
+
+Consumers = healthy workers x per-worker concurrency, updated by the pools; with none, requests are refused
+with 503 at once rather than parked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.errors import NoHealthyWorker, Overloaded
+from shared.metrics import ServiceMetrics
+
+log = logging.getLogger(__name__)
+Work = Callable[[], Awaitable[Any]]
+
+
+@dataclass(slots=True)
+class QueueItem:
+    work: Work
+    future: asyncio.Future[Any]
+    enqueued: float = field(default_factory=time.monotonic)
+    task: asyncio.Task[Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueMetrics:
+    depth: Any
+    in_flight: Any
+    admitted: Any
+    rejected: Any
+    wait: Any
+
+    @classmethod
+    def create(cls, metrics: ServiceMetrics) -> QueueMetrics:
+        return cls(
+            depth=metrics.gauge("imgpod_queue_depth", "Items waiting in a queue", ("queue",)),
+            in_flight=metrics.gauge("imgpod_queue_in_flight", "Items being served", ("queue",)),
+            admitted=metrics.counter("imgpod_queue_admitted_total", "Requests admitted", ("queue",)),
+            rejected=metrics.counter("imgpod_queue_rejected_total", "Requests refused", ("queue", "reason")),
+            wait=metrics.histogram("imgpod_queue_wait_seconds", "Time spent queued", ("queue",)),
+        )
+
+
+class BoundedQueue:
+    def __init__(
+        self,
+        name: str,
+        *,
+        capacity: int,
+        sla_s: float,
+        retry_after_cap_s: float,
+        metrics: QueueMetrics,
+        initial_service_s: float = 1.0,
+    ) -> None:
+        self.name = name
+        self.capacity = capacity
+        self.sla_s = sla_s
+        self.retry_after_cap_s = retry_after_cap_s
+        self.metrics = metrics
+        self._queue: asyncio.Queue[QueueItem] = asyncio.Queue()
+        self._consumers: list[asyncio.Task[None]] = []
+        self._target_consumers = 0
+        self._in_flight = 0
+        # Exponentially weighted mean service time: recent calls matter most, one outlier does not dominate.
+        self.mean_service_s = initial_service_s
+        self._alpha = 0.2
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    @property
+    def consumers(self) -> int:
+        return self._target_consumers
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def estimated_wait_s(self, ahead: int | None = None) -> float:
+        ahead = self.depth if ahead is None else ahead
+        if self._target_consumers <= 0:
+            return math.inf
+        return ahead / self._target_consumers * self.mean_service_s
+
+    def set_consumers(self, count: int) -> None:
+        """Grow or shrink the consumer tasks; a shrinking consumer finishes its current item first."""
+        self._target_consumers = max(0, count)
+        self._consumers = [t for t in self._consumers if not t.done()]
+        while len(self._consumers) < self._target_consumers:
+            index = len(self._consumers)
+            self._consumers.append(
+                asyncio.create_task(self._consume(index), name=f"queue-{self.name}-{index}")
+            )
+
+    async def close(self) -> None:
+        self._target_consumers = 0
+        for task in self._consumers:
+            task.cancel()
+        await asyncio.gather(*self._consumers, return_exceptions=True)
+        self._consumers.clear()
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if not item.future.done():
+                item.future.cancel()
+
+    def _refuse(self, reason: str, wait_s: float) -> Overloaded:
+        self.metrics.rejected.labels(self.name, reason).inc()
+        retry = (
+            min(max(wait_s, 1.0), self.retry_after_cap_s) if math.isfinite(wait_s) else self.retry_after_cap_s
+        )
+        return Overloaded(
+            f"{self.name} queue is {'full' if reason == 'full' else 'too slow for its SLA'}; retry later",
+            retry_after_s=retry,
+            stage="queue",
+        )
+
+    async def submit(self, work: Work) -> Any:
+        """Admit or refuse at once; then wait for the result. Cancelling the caller cancels the work."""
+        if self._target_consumers <= 0:
+            self.metrics.rejected.labels(self.name, "no_worker").inc()
+            raise NoHealthyWorker(f"{self.name}: no healthy worker", stage=self.name)
+        if self.depth >= self.capacity:
+            raise self._refuse("full", self.estimated_wait_s())
+        wait = self.estimated_wait_s(self.depth + max(0, self._in_flight - self._target_consumers + 1))
+        if wait > self.sla_s:
+            raise self._refuse("sla", wait)
+        item = QueueItem(work, asyncio.get_running_loop().create_future())
+        self._queue.put_nowait(item)
+        self.metrics.admitted.labels(self.name).inc()
+        self.metrics.depth.labels(self.name).set(self.depth)
+        try:
+            return await asyncio.shield(item.future)
+        except asyncio.CancelledError:
+            # The client went away: drop queued work, stop in-flight work rather than wait for it.
+            item.future.cancel()
+            if item.task is not None:
+                item.task.cancel()
+            raise
+
+    async def _consume(self, index: int) -> None:
+        while True:
+            if index >= self._target_consumers:
+                return
+            item = await self._queue.get()
+            self.metrics.depth.labels(self.name).set(self.depth)
+            if item.future.done():
+                continue
+            self.metrics.wait.labels(self.name).observe(time.monotonic() - item.enqueued)
+            self._in_flight += 1
+            self.metrics.in_flight.labels(self.name).set(self._in_flight)
+            started = time.monotonic()
+            item.task = asyncio.ensure_future(item.work())
+            try:
+                result = await item.task
+            except asyncio.CancelledError:
+                if not item.future.done():
+                    item.future.cancel()
+                if item.task.cancelled() and not _current_task_cancelling():
+                    continue
+                raise
+            except Exception as exc:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            else:
+                if not item.future.done():
+                    item.future.set_result(result)
+            finally:
+                self._in_flight -= 1
+                self.metrics.in_flight.labels(self.name).set(self._in_flight)
+                elapsed = time.monotonic() - started
+                self.mean_service_s += self._alpha * (elapsed - self.mean_service_s)
+
+
+def _current_task_cancelling() -> bool:
+    task = asyncio.current_task()
+    return bool(task and task.cancelling())

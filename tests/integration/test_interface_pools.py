@@ -1,0 +1,152 @@
+"""Interface pools and admission against real image workers (uvicorn subprocesses on loopback)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers.server import ServiceProcess
+from tests.integration.test_image_workers import TOKEN, image_env
+
+pytestmark = pytest.mark.integration
+
+
+def served(worker: ServiceProcess) -> int:
+    """How many /v1/generate calls this worker answered, read from its own /metrics."""
+    text = httpx.get(worker.url + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("imgpod_http_requests_total{") and 'route="/v1/generate"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return int(total)
+
+
+def interface_env(**extra: str) -> dict[str, str]:
+    return {
+        "INTERFACE_INTERNAL_TOKEN": TOKEN,
+        "INTERFACE_HEALTH_INTERVAL_S": "0.3",
+        "INTERFACE_EJECT_AFTER_FAILURES": "1",
+        "INTERFACE_EJECT_COOLDOWN_S": "1",
+        **extra,
+    }
+
+
+def wait_until(predicate, timeout_s: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+def pool_healthy(interface: ServiceProcess, pool: str) -> int:
+    return int(httpx.get(interface.url + "/healthz").json()["pools"][pool]["healthy"])
+
+
+@pytest.fixture(scope="module")
+def two_workers(tiny_models: dict[str, Path]) -> Iterator[list[ServiceProcess]]:
+    env = image_env(tiny_models["zimage"])
+    procs = [ServiceProcess("services.image_worker.main", env=env, wait_healthy=False) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.wait_for_health()
+    yield procs
+    for p in procs:
+        p.stop()
+
+
+def test_round_robin_ejection_and_return(
+    two_workers: list[ServiceProcess], tiny_models: dict[str, Path]
+) -> None:
+    w1, w2 = two_workers
+    urls = f"{w1.url},{w2.url}"
+    with ServiceProcess(
+        "services.interface.main", env=interface_env(INTERFACE_TEXT2IMG_WORKER_URLS=urls)
+    ) as api:
+        assert pool_healthy(api, "text2img") == 2
+        before = (served(w1), served(w2))
+        for i in range(6):
+            resp = httpx.post(api.url + "/v1/imagegen", json={"prompt": f"a boat {i}", "seed": i}, timeout=60)
+            assert resp.status_code == 200, resp.text
+        after = (served(w1), served(w2))
+        assert (after[0] - before[0], after[1] - before[1]) == (3, 3)
+
+        w1.kill()
+        statuses = [
+            httpx.post(api.url + "/v1/imagegen", json={"prompt": "a boat", "seed": i}, timeout=60).status_code
+            for i in range(6)
+        ]
+        assert statuses == [200] * 6
+        assert served(w2) - after[1] == 6
+        wait_until(lambda: pool_healthy(api, "text2img") == 1)
+        metrics = httpx.get(api.url + "/metrics").text
+        assert re.search(r'imgpod_pool_healthy_workers\{pool="text2img"\} 1\.0', metrics)
+
+        # The same worker comes back on the same port: after its cool-down and a good probe it gets traffic.
+        revived = ServiceProcess(
+            "services.image_worker.main", env=image_env(tiny_models["zimage"]), port=w1.port
+        )
+        revived.start()
+        two_workers[0] = revived
+        try:
+            wait_until(lambda: pool_healthy(api, "text2img") == 2)
+            for i in range(4):
+                httpx.post(api.url + "/v1/imagegen", json={"prompt": "a boat", "seed": i}, timeout=60)
+            assert served(revived) == 2
+        finally:
+            pass
+
+
+def test_no_healthy_worker_is_503_naming_the_pool() -> None:
+    with ServiceProcess(
+        "services.interface.main", env=interface_env(INTERFACE_TEXT2IMG_WORKER_URLS="http://127.0.0.1:9")
+    ) as api:
+        resp = httpx.post(api.url + "/v1/imagegen", json={"prompt": "a boat"})
+        assert resp.status_code == 503
+        body = resp.json()
+        assert body["code"] == "no_healthy_worker"
+        assert "text2img" in body["detail"]
+        health = httpx.get(api.url + "/healthz").json()
+        assert health["status"] == "degraded"
+        assert "127.0.0.1" not in json.dumps(health)
+
+
+def test_burst_over_capacity_gets_429_and_no_5xx(two_workers: list[ServiceProcess]) -> None:
+    worker = two_workers[1]
+    env = interface_env(
+        INTERFACE_TEXT2IMG_WORKER_URLS=worker.url,
+        INTERFACE_PER_WORKER_CONCURRENCY="1",
+        INTERFACE_QUEUE_OVERRIDES='{"text2img": {"capacity": 2, "sla_ms": 600000}}',
+    )
+    with ServiceProcess("services.interface.main", env=env) as api:
+        # 256x256 with 20 steps takes a noticeable time on the tiny model: the one consumer stays busy.
+        body = {"prompt": "a slow harbour at night", "width": 256, "height": 256, "steps": 20}
+
+        async def burst() -> list[httpx.Response]:
+            async with httpx.AsyncClient(timeout=120) as client:
+                return list(
+                    await asyncio.gather(
+                        *(client.post(api.url + "/v1/imagegen", json=body) for _ in range(10))
+                    )
+                )
+
+        responses = asyncio.run(burst())
+        codes = sorted(r.status_code for r in responses)
+        assert all(c in (200, 429) for c in codes), codes
+        assert 1 <= codes.count(200) <= 3
+        assert codes.count(429) >= 7
+        for r in responses:
+            if r.status_code == 429:
+                assert int(r.headers["Retry-After"]) >= 1
+                assert r.json()["code"] == "overloaded"
+        metrics = httpx.get(api.url + "/metrics").text
+        assert 'imgpod_queue_rejected_total{queue="text2img",reason="full"}' in metrics
