@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The whole stack on one machine, on the tiny models: all seven services on loopback.
+#
+#   bash scripts/run_local.sh          serve until Ctrl-C (interface on http://127.0.0.1:8000)
+#   bash scripts/run_local.sh --demo   one profile creation from a real photo and one 1:1 chat image,
+#                                      saved under testing/selfies_output/, then stop and exit 0
+#
+# IMG_POD_PORT_OFFSET shifts every port (e.g. 100 -> interface on 8100). Logs: .local/logs/.
+set -euo pipefail
+demo=0
+case "${1:-}" in
+  --demo) demo=1 ;;
+  "") ;;
+  *) echo "usage: $0 [--demo]" >&2; exit 2 ;;
+esac
+# shellcheck source=scripts/prepare_local.sh
+source "$(dirname "$0")/prepare_local.sh"
+
+declare -A pids=()
+cleanup() {
+  trap - EXIT INT TERM
+  for svc in "${!pids[@]}"; do kill -TERM "${pids[$svc]}" 2>/dev/null || true; done
+  for svc in "${!pids[@]}"; do wait "${pids[$svc]}" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+trap 'echo; echo "stopping"; exit 130' INT TERM
+
+for svc in "${IMG_POD_SERVICES[@]}"; do
+  port=$(lp "$svc")
+  if curl -fsS --max-time 1 "http://127.0.0.1:$port/healthz" >/dev/null 2>&1; then
+    echo "port $port is already serving something; stop it or set IMG_POD_PORT_OFFSET" >&2
+    exit 1
+  fi
+  "$PY" -m uvicorn --factory "$(service_module "$svc"):create_app" --host 127.0.0.1 --port "$port" \
+    >"$STATE/logs/$svc-$port.log" 2>&1 &
+  pids[$svc]=$!
+done
+
+echo "waiting for the services (logs in $STATE/logs/)"
+for svc in "${IMG_POD_SERVICES[@]}"; do
+  if ! wait_healthy "$(url "$svc")" "${HEALTH_TIMEOUT_S:-300}" "${pids[$svc]}" >/dev/null; then
+    echo "$svc failed to start; last log lines:" >&2
+    tail -n 20 "$STATE/logs/$svc-$(lp "$svc").log" >&2
+    exit 1
+  fi
+  printf '  %-15s %s  ok\n' "$svc" "$(url "$svc")"
+done
+
+if [ "$demo" = 1 ]; then
+  cfg="$STATE/config.json"
+  "$PY" testing/generate_test_selfies.py --out "$STATE/selfies" --only astronaut >/dev/null
+  "$PY" testing/profile_create_and_save.py --config "$cfg" --selfies "$STATE/selfies"
+  "$PY" testing/chat_imagegen.py --config "$cfg" --kinds 1to1 \
+    --persona "$REPO/testing/selfies_output/astronaut_features.json"
+  echo "demo done: outputs in $REPO/testing/selfies_output/"
+  exit 0
+fi
+
+echo "stack ready: interface $(url interface), API key in $STATE/api_key, client config $STATE/config.json"
+echo "Ctrl-C stops everything"
+while true; do
+  for svc in "${!pids[@]}"; do
+    if ! kill -0 "${pids[$svc]}" 2>/dev/null; then
+      echo "$svc exited; stopping the stack (log: $STATE/logs/)" >&2
+      exit 1
+    fi
+  done
+  sleep 1
+done

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Start (or keep) the vLLM OpenAI-compatible server for the LLM pod, bound to loopback only.
+# vLLM lives in its own venv: it pins torch/transformers/fastapi versions the rest of the stack cannot share.
+#
+#   VLLM_VENV (default ./.venv-vllm), VLLM_PORT (8001), LLM_MODEL_ID (Qwen/Qwen2.5-7B-Instruct),
+#   VLLM_MAX_MODEL_LEN (8192), VLLM_GPU_MEMORY_UTILIZATION (0.90), VLLM_EXTRA_ARGS, RUN_DIR, LOG_DIR
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=scripts/lib/services.sh
+source "$repo/scripts/lib/services.sh"
+
+venv=${VLLM_VENV:-$repo/.venv-vllm}
+port=${VLLM_PORT:-8001}
+model=${LLM_MODEL_ID:-Qwen/Qwen2.5-7B-Instruct}
+run_dir=${RUN_DIR:-/tmp}
+log_file="${LOG_DIR:-/tmp}/vllm-$port.log"
+pid_file="$run_dir/img_pod-vllm.pid"
+
+if curl -fsS --max-time 2 "http://127.0.0.1:$port/health" >/dev/null 2>&1; then
+  echo "vLLM already serving on 127.0.0.1:$port"
+  exit 0
+fi
+if [ ! -x "$venv/bin/vllm" ] && [ "${IMG_POD_SKIP_INSTALL:-0}" != 1 ]; then
+  python_bin=${PYTHON:-python3}
+  "$python_bin" -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --upgrade pip
+  "$venv/bin/python" -m pip install -q -r "$repo/requirements.llm.txt"
+fi
+echo "starting vLLM ($model) on 127.0.0.1:$port, log $log_file"
+# shellcheck disable=SC2086
+setsid nohup "$venv/bin/python" -m vllm.entrypoints.openai.api_server \
+  --model "$model" --served-model-name "$model" --host 127.0.0.1 --port "$port" \
+  --dtype bfloat16 --max-model-len "${VLLM_MAX_MODEL_LEN:-8192}" \
+  --gpu-memory-utilization "${VLLM_GPU_MEMORY_UTILIZATION:-0.90}" ${VLLM_EXTRA_ARGS:-} \
+  >>"$log_file" 2>&1 </dev/null &
+echo $! >"$pid_file"
+deadline=$((SECONDS + ${VLLM_HEALTH_TIMEOUT_S:-1200}))
+until curl -fsS --max-time 2 "http://127.0.0.1:$port/health" >/dev/null 2>&1; do
+  if ! kill -0 "$(cat "$pid_file")" 2>/dev/null; then
+    echo "vLLM exited; last log lines:" >&2
+    tail -n 30 "$log_file" >&2
+    exit 1
+  fi
+  if [ "$SECONDS" -ge "$deadline" ]; then echo "vLLM not healthy in time" >&2; exit 1; fi
+  sleep 2
+done
+echo "vLLM ready on 127.0.0.1:$port"
