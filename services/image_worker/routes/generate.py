@@ -8,6 +8,7 @@ from fastapi import APIRouter
 
 from services.image_worker.deps import EngineDep
 from services.image_worker.engine import GenerationParams, ImageEngine
+from services.image_worker.moderation import moderate
 from services.image_worker.profile_prompt import build_profile_prompt
 from services.image_worker.settings import Role
 from shared.images import encode_image_base64
@@ -75,15 +76,18 @@ def build_router(role: Role) -> APIRouter:
 
     @router.post("/v1/generate", response_model=GenerateResponse)
     async def generate(req: GenerateRequest, engine: EngineDep) -> GenerateResponse:
-        """Text to image with the worker's engine and no role policy (the interface's general pool)."""
-        return await run_generation(engine, params_from(req), req.output_format)
+        """Text to image with the worker's engine (the interface's general pool): hard block only."""
+        checked = moderate(req.prompt, role, moderated_route=False)
+        return await run_generation(engine, params_from(req, checked.prompt), req.output_format)
 
     if role == "profile":
 
         @router.post(ROLE_ROUTES["profile"], response_model=GenerateResponse)
         async def profile_generate(req: ProfileGenerateRequest, engine: EngineDep) -> GenerateResponse:
             """An avatar from selfie features, in the house style unless a style is given."""
-            prompt = build_profile_prompt(req.features, req.style)
+            prompt = moderate(
+                build_profile_prompt(req.features, req.style), role, moderated_route=False
+            ).prompt
             params = GenerationParams(prompt, None, req.seed, req.width, req.height, req.steps, None)
             return await run_generation(engine, params, req.output_format)
 
@@ -91,6 +95,9 @@ def build_router(role: Role) -> APIRouter:
 
         @router.post(ROLE_ROUTES[role], response_model=GenerateResponse)
         async def role_generate(req: GenerateRequest, engine: EngineDep) -> GenerateResponse:
-            return await run_generation(engine, params_from(req), req.output_format)
+            checked = moderate(req.prompt, role, moderated_route=True)
+            return await run_generation(
+                engine, params_from(req, checked.prompt), req.output_format, soft_blocked=checked.soft_blocked
+            )
 
     return router
