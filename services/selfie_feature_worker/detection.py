@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from services.selfie_feature_worker.settings import NUDENET_WEIGHTS, SelfieSettings
-from shared.tiny_models.yolo import prepare_ultralytics_env
+from shared.ultralytics_env import import_yolo
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +80,10 @@ class YoloFaceDetector:
         imgsz: int,
         config_dir: Path,
     ) -> None:
-        # ultralytics reads these at import time: without them it probes the network and pip-installs.
-        prepare_ultralytics_env(config_dir)
-        from ultralytics import YOLO
-
+        # Offline, no auto-install, and PIL's Image.open left alone (see shared.ultralytics_env).
+        yolo = import_yolo(config_dir)
         self.weights = weights.name
-        self.model = YOLO(str(weights), task="detect")
+        self.model = yolo(str(weights), task="detect")
         self.confidence = confidence
         self.imgsz = imgsz
         names: dict[int, str] = dict(self.model.names)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -10,6 +9,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import ServiceSettings, StrList
+from shared.ultralytics_env import DEFAULT_CONFIG_DIR
 
 DetectorBackend = Literal["yolo", "haar"]
 Device = Literal["auto", "cpu", "cuda"]
@@ -38,7 +38,7 @@ class SelfieSettings(ServiceSettings):
     detector_confidence: float = Field(0.35, ge=0.0, le=1.0)
     # Inference size; 0 lets the model decide (an ONNX export has a fixed one: nudenet's is 320).
     detector_imgsz: int = Field(0, ge=0, le=4096)
-    yolo_config_dir: Path = Path(tempfile.gettempdir()) / "imgpod-ultralytics"
+    yolo_config_dir: Path = DEFAULT_CONFIG_DIR
 
     # --- vision-language model ---
     vlm_model: str = "Qwen/Qwen2-VL-7B-Instruct"
