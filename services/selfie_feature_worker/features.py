@@ -91,7 +91,7 @@ def clean_text(value: Any, limit: int) -> str | None:
     text = unicodedata.normalize("NFKC", str(value))
     if any(unicodedata.category(ch) in ("Cc", "Cf", "Co", "Cs", "Cn") and ch not in "\t\n" for ch in text):
         return None
-    text = " ".join(text.split()).strip(" .,;:")
+    text = " ".join(text.split()).strip(" ,;:")
     if text.lower() in _PLACEHOLDERS:
         return None
     if not any(ch.isalpha() for ch in text) and not re.fullmatch(r"\d{1,3}(\s*[-–]\s*\d{1,3})?\+?", text):
