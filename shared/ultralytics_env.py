@@ -28,9 +28,9 @@ def import_yolo(config_dir: Path | None = None) -> Any:
     from PIL import Image
 
     original_open = Image.open
+    import ultralytics.utils.patches as patches
     from ultralytics import YOLO
 
-    patches = __import__("ultralytics.utils.patches", fromlist=["_image_open"])
-    # The first import patched it; a later one finds it patched already: the saved original is in patches.
+    # The first import patched it; a later call finds it patched already: patches kept the original.
     Image.open = getattr(patches, "_image_open", original_open)
     return YOLO

@@ -75,3 +75,13 @@ def truncated_jpeg() -> bytes:
 
 def gif() -> bytes:
     return encode(astronaut().convert("P"), "GIF")
+
+
+def two_people(scale: float = 0.75) -> Image.Image:
+    """The astronaut at full size on the left and a smaller copy on the right of a 1024x512 canvas."""
+    full = astronaut()
+    canvas = Image.new("RGB", (1024, 512), (128, 128, 128))
+    canvas.paste(full, (0, 0))
+    small = full.resize((round(512 * scale), round(512 * scale)))
+    canvas.paste(small, (512, 512 - small.height))
+    return canvas

@@ -21,6 +21,7 @@ from tests.helpers.photos import (
     huge_png_header,
     iou,
     truncated_jpeg,
+    two_people,
 )
 from tests.helpers.server import ServiceProcess
 
@@ -110,6 +111,13 @@ def test_random_vlm_answer_leaves_features_empty(worker: ServiceProcess, astrona
     metrics = httpx.get(f"{worker.url}/metrics", headers=AUTH, timeout=5).text
     line = next(ln for ln in metrics.splitlines() if ln.startswith("imgpod_vlm_unparsed_total"))
     assert float(line.split()[-1]) >= 1
+
+
+def test_several_faces_uses_the_largest(worker: ServiceProcess) -> None:
+    body = analyze(worker, encode(two_people())).json()
+    assert body["face"]["face_count"] == 2
+    # The full-size astronaut on the left is the subject, not the smaller copy on the right.
+    assert iou(box_of(body), ASTRONAUT_FACE) > 0.5
 
 
 @pytest.mark.parametrize("photo", ["coffee", "rocket", "chelsea"])

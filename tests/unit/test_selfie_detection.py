@@ -79,3 +79,18 @@ def test_haar_on_grey_and_large_images() -> None:
     assert len(faces) == 1
     face = faces[0]
     assert iou((face.x // 4, face.y // 4, face.w // 4, face.h // 4), ASTRONAUT_FACE) > 0.5
+
+
+def test_ultralytics_leaves_pil_open_alone(yolo: YoloFaceDetector) -> None:
+    """ultralytics patches Image.open to pip-install pi-heif on unknown files; the worker undoes that."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    from shared.errors import UnsupportedMedia
+    from shared.images import decode_upload
+
+    with pytest.raises(UnidentifiedImageError):
+        Image.open(io.BytesIO(b"plain text, not an image"))
+    with pytest.raises(UnsupportedMedia):
+        decode_upload(b"plain text, not an image", max_bytes=1024, max_pixels=1024)
