@@ -36,7 +36,9 @@ class ModelState:
 def load_analyzer(settings: SelfieSettings) -> SelfieAnalyzer:
     detector = build_detector(settings)
     vlm = QwenVlDescriber(settings)
-    return SelfieAnalyzer(settings, detector, vlm)
+    analyzer = SelfieAnalyzer(settings, detector, vlm)
+    analyzer.warm_up()
+    return analyzer
 
 
 def create_app(settings: SelfieSettings | None = None) -> FastAPI:

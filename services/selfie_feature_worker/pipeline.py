@@ -59,6 +59,12 @@ class SelfieAnalyzer:
             "vlm": vlm.model_id,
         }
 
+    def warm_up(self) -> None:
+        """One tiny pass through each model, so the first request does not pay for lazy initialisation."""
+        gray = Image.new("RGB", (128, 128), (128, 128, 128))
+        self.detector.detect(np.asarray(gray))
+        self.vlm.describe(gray, max_new_tokens=1)
+
     def decode(self, data: bytes) -> Image.Image:
         return decode_upload(
             data, max_bytes=self.settings.max_upload_bytes, max_pixels=self.settings.max_pixels

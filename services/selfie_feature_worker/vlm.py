@@ -63,10 +63,11 @@ class QwenVlDescriber:
     def dtype_name(self) -> str:
         return str(self.dtype).removeprefix("torch.")
 
-    def describe(self, image: Image.Image) -> VlmAnswer:
+    def describe(self, image: Image.Image, max_new_tokens: int | None = None) -> VlmAnswer:
         inputs = self.processor(text=[self.prompt], images=[image], return_tensors="pt").to(self.device)
+        limit = max_new_tokens or self.max_new_tokens
         with self._lock, torch.inference_mode():
-            output = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
+            output = self.model.generate(**inputs, max_new_tokens=limit, do_sample=False)
         new = output[:, inputs["input_ids"].shape[1] :]
         text = self.processor.batch_decode(new, skip_special_tokens=True)[0]
         return VlmAnswer(text=text, new_tokens=int(new.shape[1]))
