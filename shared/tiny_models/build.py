@@ -6,12 +6,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 from shared.tiny_models.qwen_lm import build_qwen_lm
+from shared.tiny_models.qwen_vl import build_qwen_vl
+from shared.tiny_models.yolo import build_yolo_random
 from shared.tiny_models.zimage import build_zimage
 
 # name -> (sub-folder, builder). The sub-folder names are what settings and scripts point at.
 BUILDERS: dict[str, tuple[str, Callable[[Path], Path]]] = {
     "zimage": ("z-image-turbo-tiny", build_zimage),
     "qwen_lm": ("qwen2.5-tiny", build_qwen_lm),
+    "qwen_vl": ("qwen2-vl-tiny", build_qwen_vl),
+    # A file, not a folder: the marker sits beside it like the folders' markers do.
+    "yolo_random": ("yolov8n-random.pt", build_yolo_random),
 }
 _MARKER = ".complete"
 

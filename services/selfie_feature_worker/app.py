@@ -1,0 +1,98 @@
+"""The selfie feature worker: face detection, quality signals and VLM appearance features for one selfie."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from fastapi import FastAPI
+
+from services.selfie_feature_worker.detection import build_detector
+from services.selfie_feature_worker.pipeline import SelfieAnalyzer
+from services.selfie_feature_worker.routes import analyze, health
+from services.selfie_feature_worker.settings import SelfieSettings
+from services.selfie_feature_worker.vlm import QwenVlDescriber
+from shared.logging_config import configure_logging
+from shared.metrics import ServiceMetrics
+from shared.service import build_app
+
+SERVICE = "selfie_feature_worker"
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelState:
+    """What /healthz and the routes read: the analyzer once loaded, or why it is not."""
+
+    analyzer: SelfieAnalyzer | None = None
+    error: str | None = None
+    loading: bool = True
+    info: dict[str, str] = field(default_factory=dict)
+
+
+def load_analyzer(settings: SelfieSettings) -> SelfieAnalyzer:
+    detector = build_detector(settings)
+    vlm = QwenVlDescriber(settings)
+    analyzer = SelfieAnalyzer(settings, detector, vlm)
+    analyzer.warm_up()
+    return analyzer
+
+
+def create_app(settings: SelfieSettings | None = None) -> FastAPI:
+    settings = settings or SelfieSettings()
+    configure_logging(SERVICE, settings.log_level)
+    metrics = ServiceMetrics(SERVICE)
+    stage_seconds = metrics.histogram("imgpod_selfie_stage_seconds", "Time per analysis stage", ("stage",))
+    unparsed = metrics.counter("imgpod_vlm_unparsed_total", "VLM answers that gave no usable features")
+    analyses = metrics.counter("imgpod_selfie_analyses_total", "Selfies analysed", ("face",))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = ModelState()
+        app.state.models = state
+
+        async def load() -> None:
+            try:
+                state.analyzer = await asyncio.to_thread(load_analyzer, settings)
+                vlm = state.analyzer.vlm
+                state.info = {
+                    "model": vlm.model_id,
+                    "device": vlm.device,
+                    "dtype": vlm.dtype_name,
+                    "detector": state.analyzer.detector.name,
+                    "detector_weights": state.analyzer.detector.weights,
+                }
+                log.info("models loaded", extra=state.info)
+            except Exception as exc:
+                # Keep serving: /healthz says why, and the routes answer 503 instead of crashing.
+                state.error = f"model load failed: {type(exc).__name__}"
+                log.exception("model load failed")
+            finally:
+                state.loading = False
+
+        task = asyncio.create_task(load())
+        try:
+            yield
+        finally:
+            if not task.done():
+                task.cancel()
+            state.analyzer = None
+
+    app = build_app(
+        title="img_pod selfie feature worker",
+        version="0.1.0",
+        lifespan=lifespan,
+        routers=[health.router, analyze.router],
+        metrics=metrics,
+        keys=[settings.internal_token] if settings.internal_token else [],
+        max_body_bytes=settings.max_body_bytes,
+    )
+    app.state.settings = settings
+    app.state.service = SERVICE
+    app.state.stage_seconds = stage_seconds
+    app.state.vlm_unparsed = unparsed
+    app.state.analyses = analyses
+    return app

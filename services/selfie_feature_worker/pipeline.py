@@ -1,0 +1,121 @@
+"""decode -> detect -> quality -> crop -> VLM -> parse, each stage timed.
+
+Everything here is blocking; the route runs ``analyze`` in a worker thread. The detector and the VLM each
+hold their own lock, so two requests can overlap decode and quality but never share a model call.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+from PIL import Image
+
+from services.selfie_feature_worker.detection import DetectedFace, FaceDetector
+from services.selfie_feature_worker.features import parse_features
+from services.selfie_feature_worker.quality import assess
+from services.selfie_feature_worker.settings import SelfieSettings
+from services.selfie_feature_worker.vlm import QwenVlDescriber
+from shared.errors import InferenceFailed
+from shared.images import decode_upload
+from shared.models import AnalyzeResponse, FaceBox, FaceMeta, QualitySignals
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = round((time.perf_counter() - started) * 1000, 2)
+
+
+def crop_with_margin(image: Image.Image, face: DetectedFace | None, margin: float) -> Image.Image:
+    """The face plus ``margin`` x its size on each side (hair and ears matter), or the whole image."""
+    if face is None:
+        return image
+    dx, dy = round(face.w * margin), round(face.h * margin)
+    box = (
+        max(0, face.x - dx),
+        max(0, face.y - dy),
+        min(image.width, face.x + face.w + dx),
+        min(image.height, face.y + face.h + dy),
+    )
+    return image.crop(box)
+
+
+class SelfieAnalyzer:
+    def __init__(self, settings: SelfieSettings, detector: FaceDetector, vlm: QwenVlDescriber) -> None:
+        self.settings = settings
+        self.detector = detector
+        self.vlm = vlm
+        self.model_info = {
+            "detector": f"{detector.name}:{detector.weights}",
+            "vlm": vlm.model_id,
+        }
+
+    def warm_up(self) -> None:
+        """One tiny pass through each model, so the first request does not pay for lazy initialisation."""
+        gray = Image.new("RGB", (128, 128), (128, 128, 128))
+        self.detector.detect(np.asarray(gray))
+        self.vlm.describe(gray, max_new_tokens=1)
+
+    def decode(self, data: bytes) -> Image.Image:
+        return decode_upload(
+            data, max_bytes=self.settings.max_upload_bytes, max_pixels=self.settings.max_pixels
+        )
+
+    def analyze(self, data: bytes) -> AnalyzeResponse:
+        timings: dict[str, float] = {}
+        with _timed(timings, "decode"):
+            image = self.decode(data)
+            rgb = np.asarray(image)
+        with _timed(timings, "detect"):
+            try:
+                faces = self.detector.detect(rgb)
+            except Exception as exc:
+                raise InferenceFailed("face detection failed", stage="detect") from exc
+        # Several faces: the largest is the selfie's subject; the rest are background people.
+        face = max(faces, key=lambda f: f.area) if faces else None
+        with _timed(timings, "quality"):
+            report = assess(rgb, face)
+        with _timed(timings, "vlm"):
+            crop = crop_with_margin(image, face, self.settings.crop_margin)
+            try:
+                answer = self.vlm.describe(crop)
+            except Exception as exc:
+                raise InferenceFailed("the vision-language model failed", stage="vlm") from exc
+            features, parsed = parse_features(answer.text)
+        if not parsed:
+            # The raw answer goes to the log (truncated), never into the response.
+            log.info(
+                "vlm answer not usable", extra={"answer": answer.text[:200], "tokens": answer.new_tokens}
+            )
+        meta = FaceMeta(
+            detected=face is not None,
+            box=None if face is None else FaceBox(x=face.x, y=face.y, w=face.w, h=face.h),
+            confidence=None if face is None else round(face.confidence, 4),
+            landmarks=None if face is None else face.landmarks,
+            face_count=len(faces),
+            quality_score=report.score,
+            signals=QualitySignals(
+                face_size_ratio=report.face_size_ratio,
+                sharpness=report.sharpness,
+                exposure_mean=report.exposure_mean,
+                clipped_fraction=report.clipped_fraction,
+                frontalness=report.frontalness,
+            ),
+            detector=self.detector.name,
+        )
+        return AnalyzeResponse(
+            face=meta,
+            features=features,
+            features_parsed=parsed,
+            model=dict(self.model_info),
+            timings_ms=timings,
+        )

@@ -1,0 +1,56 @@
+"""Settings of the selfie feature worker (env prefix ``SELFIE_``, YAML section ``selfie``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from shared.settings import ServiceSettings, StrList
+from shared.ultralytics_env import DEFAULT_CONFIG_DIR
+
+DetectorBackend = Literal["yolo", "haar"]
+Device = Literal["auto", "cpu", "cuda"]
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+
+# nudenet's bundled detector: a YOLOv8 ONNX export whose classes include faces. It is the pretrained
+# detector this machine has offline; production points ``detector_weights`` at a YOLOv8-face ``.pt``.
+NUDENET_WEIGHTS = "nudenet"
+NUDENET_FACE_CLASSES = ["FACE_FEMALE", "FACE_MALE"]
+
+
+class SelfieSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="SELFIE_", extra="ignore", validate_default=True)
+    yaml_section: ClassVar[str] = "selfie"
+
+    port: int = Field(8003, ge=1, le=65535)
+    # An upload is one image plus multipart framing; the image limit below is the one that matters.
+    max_body_bytes: int = Field(11 * 1024 * 1024, ge=1024)
+
+    # --- face detection ---
+    detector_backend: DetectorBackend = "yolo"
+    # Path to a YOLO .pt/.onnx; empty or "nudenet" means nudenet's bundled 320n.onnx.
+    detector_weights: str = NUDENET_WEIGHTS
+    # Classes kept as faces; empty keeps every class (a face-only model). For nudenet: its two face classes.
+    face_classes: StrList = Field(default_factory=lambda: list(NUDENET_FACE_CLASSES))
+    detector_confidence: float = Field(0.35, ge=0.0, le=1.0)
+    # Inference size; 0 lets the model decide (an ONNX export has a fixed one: nudenet's is 320).
+    detector_imgsz: int = Field(0, ge=0, le=4096)
+    yolo_config_dir: Path = DEFAULT_CONFIG_DIR
+
+    # --- vision-language model ---
+    vlm_model: str = "Qwen/Qwen2-VL-7B-Instruct"
+    device: Device = "auto"
+    dtype: DType = "auto"
+    # Caps the visual tokens per image (pixels / 28^2): the 7B model's default runs out of memory.
+    vlm_min_pixels: int = Field(56 * 56, ge=28 * 28)
+    vlm_max_pixels: int = Field(448 * 448, ge=56 * 56)
+    max_new_tokens: int = Field(200, ge=8, le=1024)
+    # Extra context around the detected face, as a fraction of the box size on each side.
+    crop_margin: float = Field(0.4, ge=0.0, le=2.0)
+
+    # --- uploads ---
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    max_pixels: int = Field(40_000_000, ge=64 * 64)
