@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from shared.errors import ImgPodError, NoHealthyWorker, UpstreamFailed
+from shared.errors import NoHealthyWorker, UpstreamFailed
 from shared.http_client import RetryableUpstreamError, internal_headers, map_status, map_transport_error
 from shared.metrics import ServiceMetrics
 
@@ -235,6 +235,3 @@ def pool_metrics(metrics: ServiceMetrics) -> dict[str, Any]:
         "latency": metrics.histogram("imgpod_stage_seconds", "Upstream call latency per stage", ("stage",)),
     }
 
-
-def describe(error: ImgPodError) -> str:
-    return f"{error.code}: {error.detail}"
