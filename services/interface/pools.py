@@ -234,4 +234,3 @@ def pool_metrics(metrics: ServiceMetrics) -> dict[str, Any]:
         ),
         "latency": metrics.histogram("imgpod_stage_seconds", "Upstream call latency per stage", ("stage",)),
     }
-
