@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import ServiceSettings
@@ -69,8 +69,8 @@ class LlmSettings(ServiceSettings):
 
     @field_validator("caption_max_words")
     @classmethod
-    def _caption_range(cls, value: int, info: object) -> int:
-        low = getattr(info, "data", {}).get("caption_min_words", 1)
+    def _caption_range(cls, value: int, info: ValidationInfo) -> int:
+        low = info.data.get("caption_min_words", 1)
         if value < low:
             raise ValueError("caption_max_words must be >= caption_min_words")
         return value

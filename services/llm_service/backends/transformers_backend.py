@@ -48,6 +48,7 @@ class TransformersBackend:
         self.dtype: str | None = None
         self._model: Any = None
         self._tokenizer: Any = None
+        self._count_tokenizer: Any = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-generate")
 
     async def start(self) -> None:
@@ -62,8 +63,12 @@ class TransformersBackend:
         device = resolve_device(self.settings.device)
         dtype = resolve_dtype(self.settings.dtype, device)
         tokenizer = AutoTokenizer.from_pretrained(self.settings.model_id)
-        model = AutoModelForCausalLM.from_pretrained(self.settings.model_id, dtype=dtype)
-        model.to(device).eval()
+        # A second instance for counting history tokens on the event loop: a fast tokenizer used from two
+        # threads at once can fail with "Already borrowed" while the generation thread encodes.
+        self._count_tokenizer = AutoTokenizer.from_pretrained(self.settings.model_id)
+        # device_map loads the weights straight onto the GPU instead of staging 15 GB in host memory first.
+        model = AutoModelForCausalLM.from_pretrained(self.settings.model_id, dtype=dtype, device_map=device)
+        model.eval()
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self._tokenizer, self._model = tokenizer, model
@@ -80,15 +85,15 @@ class TransformersBackend:
     async def stop(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._model = None
-        self._tokenizer = None
+        self._tokenizer = self._count_tokenizer = None
 
     async def health(self) -> str | None:
         return None if self._model is not None else "model not loaded"
 
     def count_tokens(self, text: str) -> int:
-        if self._tokenizer is None:
+        if self._count_tokenizer is None or self._model is None:
             raise ModelUnavailable("model is not loaded")
-        return len(self._tokenizer.encode(text, add_special_tokens=False))
+        return len(self._count_tokenizer.encode(text, add_special_tokens=False))
 
     async def chat(
         self,
