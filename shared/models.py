@@ -156,6 +156,8 @@ class ExpandResponse(OpenModel):
     source: Source
     model: str
     shortened_message: str | None = None
+    # How a long message was shortened before expansion: by the model, or by deterministic keyword truncation.
+    shortened_by: Literal["model", "truncation"] | None = None
     timings_ms: Timings = Field(default_factory=dict)
 
 

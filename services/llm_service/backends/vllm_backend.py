@@ -1,0 +1,154 @@
+"""Production backend: a client of a vLLM server's OpenAI-compatible chat-completions API.
+
+vLLM runs beside this service on the LLM pod (its own venv, started by the deploy script); this code only
+speaks HTTP to it. History is budgeted with the model's own tokenizer, loaded locally (tokenizer files only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+from services.llm_service.backends.base import ChatMessage, ChatResult
+from services.llm_service.settings import LlmSettings
+from shared.errors import (
+    ImgPodError,
+    InferenceFailed,
+    ModelUnavailable,
+    UpstreamFailed,
+    ValidationFailed,
+)
+from shared.http_client import RetryableUpstreamError, map_status, map_transport_error
+
+log = logging.getLogger(__name__)
+STAGE = "vllm"
+
+
+class VllmBackend:
+    name = "vllm"
+
+    def __init__(self, settings: LlmSettings) -> None:
+        self.settings = settings
+        self.model_id = settings.model_id
+        self.device: str | None = "remote"
+        self.dtype: str | None = None
+        self._tokenizer: Any = None
+        self._client: httpx.AsyncClient | None = None
+
+    def _headers(self) -> dict[str, str]:
+        key = self.settings.vllm_api_key
+        return {"Authorization": f"Bearer {key.get_secret_value()}"} if key else {}
+
+    async def start(self) -> None:
+        from transformers import AutoTokenizer
+
+        self._tokenizer = await asyncio.to_thread(
+            AutoTokenizer.from_pretrained, self.settings.tokenizer_id or self.settings.model_id
+        )
+        self._client = httpx.AsyncClient(
+            base_url=self.settings.vllm_base_url,
+            timeout=httpx.Timeout(self.settings.request_timeout_s, connect=self.settings.connect_timeout_s),
+            headers=self._headers(),
+            trust_env=False,
+            follow_redirects=False,
+        )
+        # Not fatal: vLLM may still be loading its weights; /healthz reports it until it answers.
+        reason = await self.health()
+        if reason:
+            log.warning("vllm not ready yet", extra={"reason": reason, "url": self.settings.vllm_base_url})
+
+    async def stop(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def health(self) -> str | None:
+        """The server is up and serves our model id (``GET /v1/models``)."""
+        if self._client is None:
+            return "backend not started"
+        try:
+            resp = await self._client.get("/v1/models", timeout=self.settings.health_timeout_s)
+        except httpx.HTTPError as exc:
+            return f"vllm unreachable ({type(exc).__name__})"
+        if resp.status_code != 200:
+            return f"vllm answered {resp.status_code} on /v1/models"
+        try:
+            ids = {m.get("id") for m in resp.json().get("data", [])}
+        except (ValueError, AttributeError):
+            return "vllm sent an unreadable model list"
+        if self.model_id not in ids:
+            return f"vllm does not serve {self.model_id!r}"
+        return None
+
+    def count_tokens(self, text: str) -> int:
+        if self._tokenizer is None:
+            raise ModelUnavailable("tokenizer is not loaded")
+        return len(self._tokenizer.encode(text, add_special_tokens=False))
+
+    async def chat(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        max_tokens: int,
+        temperature: float,
+        top_p: float = 1.0,
+        stop: Sequence[str] = (),
+        min_tokens: int = 0,
+        seed: int | None = None,
+    ) -> ChatResult:
+        if self._client is None:
+            raise ModelUnavailable("vllm backend is not started")
+        payload: dict[str, Any] = {
+            "model": self.model_id,
+            "messages": list(messages),
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "top_p": top_p,
+        }
+        if stop:
+            payload["stop"] = list(stop)
+        if min_tokens:
+            payload["min_tokens"] = min_tokens  # vLLM's extra sampling parameter
+        if seed is not None:
+            payload["seed"] = seed
+        try:
+            resp = await self._client.post("/v1/chat/completions", json=payload)
+        except httpx.HTTPError as exc:
+            raise _as_unavailable(map_transport_error(exc, STAGE)) from exc
+        error = map_status(resp, STAGE)
+        if error is not None:
+            if resp.status_code in (400, 422):
+                raise ValidationFailed(f"the LLM rejected the input ({error.detail})", stage=STAGE)
+            if resp.status_code in (401, 403):
+                # A wrong LLM_VLLM_API_KEY is our misconfiguration, not the client's fault.
+                raise InferenceFailed("vllm refused our credentials (check LLM_VLLM_API_KEY)", stage=STAGE)
+            raise _as_unavailable(error)
+        return _parse_completion(resp, self.model_id)
+
+
+def _as_unavailable(error: ImgPodError) -> ImgPodError:
+    if isinstance(error, RetryableUpstreamError):
+        return ModelUnavailable(f"LLM backend unavailable: {error.detail}", stage=STAGE)
+    return error
+
+
+def _parse_completion(resp: httpx.Response, model_id: str) -> ChatResult:
+    try:
+        body = resp.json()
+        choice = body["choices"][0]
+        text = choice["message"]["content"] or ""
+        usage = body.get("usage") or {}
+        finish = "length" if choice.get("finish_reason") == "length" else "stop"
+        return ChatResult(
+            text=str(text),
+            model=str(body.get("model") or model_id),
+            prompt_tokens=int(usage.get("prompt_tokens", 0)),
+            completion_tokens=int(usage.get("completion_tokens", 0)),
+            finish_reason=finish,
+        )
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise UpstreamFailed("vllm sent an unreadable chat completion", stage=STAGE) from exc

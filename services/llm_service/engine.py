@@ -1,0 +1,316 @@
+"""The LLM service's behaviour: expand, caption and reply on top of one ``ChatBackend``.
+
+Why the persona and the safety clause are added here and not left to the model: a model (a random tiny one
+in tests, a 7B one in production) can drop or rewrite them. The final prompt is composed by
+``prompts.compose_expanded_prompt``, so they hold whatever the model wrote.
+
+Errors that allow the labelled template fallback (when ``template_fallback`` is on): the model is not
+loaded or unreachable (``ModelUnavailable``), it did not answer in time (``UpstreamTimeout``), or its text
+was junk (``UnusableModelOutput``). Anything else (bad input, a crashed generation) is raised as is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from typing import Literal
+
+from services.llm_service.backends import ChatMessage, ChatResult, make_backend
+from services.llm_service.cleaning import clean_output, judge, truncate_words, word_count
+from services.llm_service.history import bound_history
+from services.llm_service.prompts import (
+    MODERATED_KINDS,
+    ExpandKind,
+    build_caption_messages,
+    build_expand_messages,
+    build_reply_messages,
+    build_shorten_messages,
+    character_descriptor,
+    compose_expanded_prompt,
+)
+from services.llm_service.safety import is_caption_safe, redact_explicit
+from services.llm_service.settings import LlmSettings
+from services.llm_service.shortening import keeps_intent, keyword_shorten
+from services.llm_service.templates import template_caption, template_scene
+from shared.errors import ImgPodError, ModelUnavailable, UnusableModelOutput, UpstreamTimeout
+from shared.metrics import ServiceMetrics
+from shared.models import (
+    MAX_PROMPT_CHARS,
+    CaptionRequest,
+    CaptionResponse,
+    ExpandRequest,
+    ExpandResponse,
+    ReplyRequest,
+    ReplyResponse,
+)
+
+log = logging.getLogger(__name__)
+
+State = Literal["loading", "ok", "error"]
+FALLBACK_ERRORS = (ModelUnavailable, UpstreamTimeout, UnusableModelOutput)
+TEMPLATE_MODEL = "template"
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.timings: dict[str, float] = {}
+        self._mark = self.started
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timings[name] = round(self.timings.get(name, 0.0) + (now - self._mark) * 1000, 2)
+        self._mark = now
+
+    def done(self) -> dict[str, float]:
+        self.timings["total"] = round((time.perf_counter() - self.started) * 1000, 2)
+        return self.timings
+
+
+class LlmEngine:
+    def __init__(self, settings: LlmSettings, metrics: ServiceMetrics) -> None:
+        self.settings = settings
+        self.backend = make_backend(settings)
+        self.state: State = "loading"
+        self.error: str | None = None
+        self._latency = metrics.histogram(
+            "imgpod_llm_generation_seconds", "Time of one model generation call", ("route",)
+        )
+        self._tokens = metrics.counter(
+            "imgpod_llm_tokens_total", "Tokens processed by the model", ("route", "kind")
+        )
+        self._outcomes = metrics.counter(
+            "imgpod_llm_outcomes_total", "Route outcomes: model, template, unusable", ("route", "outcome")
+        )
+        self._shortened = metrics.counter(
+            "imgpod_llm_shortened_total", "Long messages shortened before expansion", ("by",)
+        )
+        self._ready = metrics.gauge("imgpod_llm_model_ready", "1 when the model is loaded")
+
+    # --- lifecycle -------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load or connect; a failure is recorded for /healthz and the routes, never raised."""
+        try:
+            await self.backend.start()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("model load failed", extra={"model": self.settings.model_id})
+            self.state = "error"
+            # The type only: library messages can carry local paths and internals.
+            self.error = (
+                f"model {self.settings.model_id!r} failed to load ({type(exc).__name__}); see the service log"
+            )
+            return
+        self.state = "ok"
+        self._ready.set(1)
+
+    async def stop(self) -> None:
+        self._ready.set(0)
+        await self.backend.stop()
+
+    async def health(self) -> tuple[State, str | None]:
+        if self.state != "ok":
+            return self.state, self.error
+        reason = await self.backend.health()
+        return ("error", reason) if reason else ("ok", None)
+
+    def require_ready(self) -> None:
+        if self.state == "loading":
+            raise ModelUnavailable("the model is still loading")
+        if self.state == "error":
+            raise ModelUnavailable(self.error or "the model failed to load")
+
+    # --- one generation ---------------------------------------------------------------------------------
+
+    def _seed(self, attempt: int = 0) -> int | None:
+        # A retry with the same seed would repeat the same junk; move the seed along with the attempt.
+        return None if self.settings.seed is None else self.settings.seed + attempt
+
+    async def generate(
+        self,
+        route: str,
+        messages: Sequence[ChatMessage],
+        *,
+        max_tokens: int,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        stop: Sequence[str] = (),
+        min_tokens: int | None = None,
+        seed: int | None = None,
+    ) -> ChatResult:
+        self.require_ready()
+        started = time.perf_counter()
+        try:
+            # The backends bound themselves too (generate's max_time, the HTTP timeout); this is the backstop.
+            result = await asyncio.wait_for(
+                self.backend.chat(
+                    messages,
+                    max_tokens=max_tokens,
+                    temperature=self.settings.temperature if temperature is None else temperature,
+                    top_p=self.settings.top_p if top_p is None else top_p,
+                    stop=stop,
+                    min_tokens=self.settings.min_new_tokens if min_tokens is None else min_tokens,
+                    seed=seed,
+                ),
+                timeout=self.settings.request_timeout_s + 5,
+            )
+        except TimeoutError as exc:
+            raise UpstreamTimeout(
+                f"the model did not answer within {self.settings.request_timeout_s:g}s", stage="llm"
+            ) from exc
+        self._latency.labels(route).observe(time.perf_counter() - started)
+        self._tokens.labels(route, "prompt").inc(result.prompt_tokens)
+        self._tokens.labels(route, "completion").inc(result.completion_tokens)
+        return result
+
+    def _fallback_or_raise(self, route: str, exc: ImgPodError) -> None:
+        if not self.settings.template_fallback:
+            self._outcomes.labels(route, exc.code).inc()
+            raise exc
+        log.warning("template fallback", extra={"route": route, "reason": exc.code, "detail": exc.detail})
+        self._outcomes.labels(route, "template").inc()
+
+    # --- expand -----------------------------------------------------------------------------------------
+
+    async def _shorten(self, message: str) -> tuple[str, Literal["model", "truncation"]]:
+        limit = self.settings.shorten_word_threshold
+        result = await self.generate(
+            "shorten",
+            build_shorten_messages(message, limit),
+            max_tokens=self.settings.shorten_max_new_tokens,
+            seed=self._seed(),
+        )
+        text = clean_output(result.text)
+        if judge(text).usable and keeps_intent(message, text, max_words=limit):
+            self._shortened.labels("model").inc()
+            return text, "model"
+        log.info("model shortening rejected; using keyword truncation")
+        self._shortened.labels("truncation").inc()
+        return keyword_shorten(message, limit), "truncation"
+
+    async def expand(self, kind: ExpandKind, req: ExpandRequest) -> ExpandResponse:
+        route = f"expand_{kind}"
+        clock = _Clock()
+        limit = self.settings.shorten_word_threshold
+        too_long = word_count(req.message) > limit
+        shortened: str | None = None
+        shortened_by: Literal["model", "truncation"] | None = None
+        try:
+            self.require_ready()
+            budget = self.settings.history_token_budget
+            history = bound_history(req.history, budget, self.backend.count_tokens)
+            if too_long:
+                shortened, shortened_by = await self._shorten(req.message)
+                clock.lap("shorten")
+            messages = build_expand_messages(kind, shortened or req.message, history, req.persona)
+            result = await self.generate(
+                route, messages, max_tokens=self.settings.expand_max_new_tokens, seed=self._seed()
+            )
+            clock.lap("generate")
+            scene = clean_output(result.text)
+            verdict = judge(scene)
+            if not verdict.usable:
+                raise UnusableModelOutput(
+                    f"the model's image prompt was unusable: {verdict.reason}", stage="llm"
+                )
+            source: Literal["model", "template"] = "model"
+            model = result.model
+            self._outcomes.labels(route, "model").inc()
+        except FALLBACK_ERRORS as exc:
+            self._fallback_or_raise(route, exc)
+            if too_long and shortened is None:
+                shortened, shortened_by = keyword_shorten(req.message, limit), "truncation"
+            scene = template_scene(kind, shortened or req.message, max_words=limit)
+            source, model = "template", TEMPLATE_MODEL
+            clock.lap("template")
+        descriptor = character_descriptor(req.persona)
+        if kind in MODERATED_KINDS:
+            scene, descriptor = redact_explicit(scene), redact_explicit(descriptor)
+        prompt = compose_expanded_prompt(kind, descriptor, scene, max_chars=MAX_PROMPT_CHARS)
+        return ExpandResponse(
+            prompt=prompt,
+            source=source,
+            model=model,
+            shortened_message=shortened,
+            shortened_by=shortened_by,
+            timings_ms=clock.done(),
+        )
+
+    # --- caption ----------------------------------------------------------------------------------------
+
+    async def caption(self, req: CaptionRequest) -> CaptionResponse:
+        route = "caption"
+        clock = _Clock()
+        low, high = self.settings.caption_min_words, self.settings.caption_max_words
+        messages = build_caption_messages(req.prompt, req.message, min_words=low, max_words=high)
+        adjusted = False
+        attempts = self.settings.caption_retries + 1
+        try:
+            last_reason = "no attempt"
+            for attempt in range(attempts):
+                adjusted = adjusted or attempt > 0
+                result = await self.generate(
+                    route, messages, max_tokens=self.settings.caption_max_new_tokens, seed=self._seed(attempt)
+                )
+                text = clean_output(result.text)
+                verdict = judge(text, min_words=min(3, low))
+                if not verdict.usable:
+                    last_reason = verdict.reason or "unusable"
+                    continue
+                if not is_caption_safe(text):
+                    last_reason = "explicit words"
+                    continue
+                if word_count(text) > high:
+                    text, adjusted = truncate_words(text, high), True
+                if word_count(text) < low:
+                    last_reason = f"too short ({word_count(text)} words)"
+                    continue
+                clock.lap("generate")
+                self._outcomes.labels(route, "model").inc()
+                return CaptionResponse(
+                    caption=text,
+                    word_count=word_count(text),
+                    source="model",
+                    model=result.model,
+                    adjusted=adjusted,
+                    timings_ms=clock.done(),
+                )
+            raise UnusableModelOutput(
+                f"no usable caption after {attempts} attempt(s); last: {last_reason}", stage="llm"
+            )
+        except FALLBACK_ERRORS as exc:
+            self._fallback_or_raise(route, exc)
+        text = truncate_words(template_caption(req.prompt), high)
+        clock.lap("template")
+        return CaptionResponse(
+            caption=text,
+            word_count=word_count(text),
+            source="template",
+            model=TEMPLATE_MODEL,
+            adjusted=adjusted,
+            timings_ms=clock.done(),
+        )
+
+    # --- reply ------------------------------------------------------------------------------------------
+
+    async def reply(self, req: ReplyRequest) -> ReplyResponse:
+        route = "reply"
+        clock = _Clock()
+        self.require_ready()
+        history = bound_history(req.history, self.settings.history_token_budget, self.backend.count_tokens)
+        messages = build_reply_messages(req.persona, req.message, history)
+        result = await self.generate(
+            route, messages, max_tokens=self.settings.reply_max_new_tokens, seed=self._seed()
+        )
+        clock.lap("generate")
+        text = clean_output(result.text)
+        verdict = judge(text, min_words=1)
+        if not verdict.usable:
+            self._outcomes.labels(route, UnusableModelOutput.code).inc()
+            raise UnusableModelOutput(f"the model's reply was unusable: {verdict.reason}", stage="llm")
+        self._outcomes.labels(route, "model").inc()
+        return ReplyResponse(reply=text, source="model", model=result.model, timings_ms=clock.done())

@@ -1,0 +1,76 @@
+"""Settings of the LLM service (env prefix ``LLM_``, YAML section ``llm``)."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from shared.settings import ServiceSettings
+
+Backend = Literal["transformers", "vllm"]
+
+
+class LlmSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="LLM_", extra="ignore", validate_default=True)
+    yaml_section: ClassVar[str] = "llm"
+
+    port: int = Field(8002, ge=1, le=65535)
+
+    # Which engine answers: the in-process transformers model, or a vLLM server beside the service.
+    backend: Backend = "vllm"
+    model_id: str = "Qwen/Qwen2.5-7B-Instruct"
+    # The tokenizer that counts history tokens for the vllm backend; defaults to model_id.
+    tokenizer_id: str | None = None
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    warmup: bool = True
+
+    vllm_base_url: str = "http://127.0.0.1:8001"
+    vllm_api_key: SecretStr | None = None
+    connect_timeout_s: float = Field(3.0, gt=0)
+    # Upper bound of one generation call (model or vLLM); a slower call is a 504 (or the template fallback).
+    request_timeout_s: float = Field(60.0, gt=0)
+    health_timeout_s: float = Field(2.0, gt=0)
+
+    # Generation length caps per route, in tokens.
+    expand_max_new_tokens: int = Field(160, ge=8, le=2048)
+    shorten_max_new_tokens: int = Field(64, ge=8, le=1024)
+    caption_max_new_tokens: int = Field(40, ge=8, le=512)
+    reply_max_new_tokens: int = Field(200, ge=8, le=2048)
+    openai_max_tokens: int = Field(1024, ge=8, le=8192)
+    # 0 in production. Random tiny test models often stop at once; a floor makes them emit text.
+    min_new_tokens: int = Field(0, ge=0, le=256)
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    top_p: float = Field(0.9, gt=0.0, le=1.0)
+    seed: int | None = Field(None, ge=0)
+    max_input_tokens: int = Field(6144, ge=64)
+
+    history_token_budget: int = Field(1024, ge=0)
+    shorten_word_threshold: int = Field(25, ge=3, le=200)
+    caption_min_words: int = Field(10, ge=1)
+    caption_max_words: int = Field(15, ge=1)
+    caption_retries: int = Field(2, ge=0, le=10)
+    # Off by default: a template answer is labelled source="template", never passed off as the model's.
+    template_fallback: bool = False
+
+    @field_validator("vllm_base_url")
+    @classmethod
+    def _strip_url(cls, value: str) -> str:
+        return value.strip().rstrip("/")
+
+    @field_validator("vllm_api_key")
+    @classmethod
+    def _empty_key_is_none(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        return value
+
+    @field_validator("caption_max_words")
+    @classmethod
+    def _caption_range(cls, value: int, info: ValidationInfo) -> int:
+        low = info.data.get("caption_min_words", 1)
+        if value < low:
+            raise ValueError("caption_max_words must be >= caption_min_words")
+        return value

@@ -1,0 +1,335 @@
+"""The LLM service over HTTP on the tiny Qwen2 model, in-process (transformers) and through its vLLM client.
+
+Instance A runs the transformers backend. Instance B runs the ``vllm`` backend against A's OpenAI-compatible
+``/v1/chat/completions``: a real HTTP server, so the production client is exercised end to end. The same
+contract tests run against both. Random weights emit junk text, so tests assert the contract (shape, persona
+traits, safety clause, word counts or 502), not the content.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from services.llm_service.cleaning import word_count
+from services.llm_service.prompts import SAFETY_CLAUSE
+from tests.helpers.server import ServiceProcess, free_port
+
+pytestmark = pytest.mark.integration
+
+TOKEN_A = "llm-test-token-a-7f3e"
+TOKEN_B = "llm-test-token-b-91c2"
+TIMEOUT = httpx.Timeout(60.0, connect=5.0)
+PERSONA = {
+    "hair_color": "auburn",
+    "hair_style": "long wavy",
+    "eye_color": "green",
+    "skin_tone": "fair",
+    "age_range": "25-34",
+    "gender_presentation": "woman",
+    "facial_hair": "none",
+    "glasses": True,
+    "accessories": ["silver necklace"],
+}
+TRAITS = ["auburn", "long wavy", "green eyes", "fair skin", "25-34", "woman", "clean-shaven", "glasses",
+          "silver necklace"]  # fmt: skip
+SIXTY_WORDS = (
+    "Hey so I was thinking it would be really lovely if you could make a picture of us walking together "
+    "along the quiet beach at sunset with the little dog running ahead of us and the waves rolling in "
+    "softly while seagulls fly overhead and the sky turns orange and pink above the calm water tonight, "
+    "ok my dear friend"
+)
+
+
+def _env(models: dict[str, Path], **extra: str) -> dict[str, str]:
+    return {
+        "LLM_MODEL_ID": str(models["qwen_lm"]),
+        "LLM_MIN_NEW_TOKENS": "16",  # random weights often stop at once; make them say something
+        "LLM_SEED": "1234",
+        "LLM_EXPAND_MAX_NEW_TOKENS": "48",
+        "LLM_SHORTEN_MAX_NEW_TOKENS": "32",
+        "LLM_CAPTION_MAX_NEW_TOKENS": "40",
+        "LLM_REPLY_MAX_NEW_TOKENS": "32",
+        "LLM_REQUEST_TIMEOUT_S": "30",
+        "LLM_TEMPLATE_FALLBACK": "false",
+        **extra,
+    }
+
+
+class Cluster:
+    def __init__(self, models: dict[str, Path]) -> None:
+        self.a = ServiceProcess(
+            "services.llm_service.main",
+            env=_env(models, LLM_BACKEND="transformers", LLM_INTERNAL_TOKEN=TOKEN_A),
+            wait_healthy=False,
+        )
+        missing = {"LLM_BACKEND": "transformers", "LLM_MODEL_ID": "/nonexistent/llm-model"}
+        self.missing = ServiceProcess(
+            "services.llm_service.main",
+            env=_env(models, **missing, LLM_INTERNAL_TOKEN=TOKEN_A),
+            wait_healthy=False,
+        )
+        self.missing_fallback = ServiceProcess(
+            "services.llm_service.main",
+            env=_env(models, **missing, LLM_INTERNAL_TOKEN=TOKEN_A, LLM_TEMPLATE_FALLBACK="true"),
+            wait_healthy=False,
+        )
+        self.unreachable = ServiceProcess(
+            "services.llm_service.main",
+            env=_env(
+                models,
+                LLM_BACKEND="vllm",
+                LLM_VLLM_BASE_URL=f"http://127.0.0.1:{free_port()}",
+                LLM_INTERNAL_TOKEN=TOKEN_B,
+            ),
+            wait_healthy=False,
+        )
+        vllm_env = {
+            "LLM_BACKEND": "vllm",
+            "LLM_VLLM_BASE_URL": self.a.url,
+            "LLM_VLLM_API_KEY": TOKEN_A,  # B authenticates to A like it would to a keyed vLLM server
+            "LLM_INTERNAL_TOKEN": TOKEN_B,
+        }
+        self.b = ServiceProcess("services.llm_service.main", env=_env(models, **vllm_env), wait_healthy=False)
+        # Captions of 14+ words cannot come out of 8 tokens: every attempt is too short, so a 502.
+        strict = {"LLM_CAPTION_MIN_WORDS": "14", "LLM_CAPTION_MAX_NEW_TOKENS": "8", "LLM_MIN_NEW_TOKENS": "8"}
+        self.strict = ServiceProcess(
+            "services.llm_service.main", env=_env(models, **vllm_env, **strict), wait_healthy=False
+        )
+        self.all = [self.a, self.missing, self.missing_fallback, self.unreachable, self.b, self.strict]
+
+    def start(self) -> None:
+        # Start every process first and wait afterwards: imports and loads overlap instead of adding up.
+        for svc in self.all[:4]:
+            svc.start()
+        self.a.wait_for_health(200)
+        for svc in self.all[4:]:
+            svc.start()
+        self.b.wait_for_health(200)
+        self.strict.wait_for_health(200)
+        for svc in (self.missing, self.missing_fallback, self.unreachable):
+            svc.wait_for_health(503)
+
+    def stop(self) -> None:
+        for svc in self.all:
+            svc.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(tiny_models: dict[str, Path]) -> Iterator[Cluster]:
+    c = Cluster(tiny_models)
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture(scope="module", params=["transformers", "vllm"])
+def llm(request: pytest.FixtureRequest, cluster: Cluster) -> tuple[str, dict[str, str]]:
+    """(base url, auth headers) of instance A (transformers) or B (vllm client of A)."""
+    if request.param == "transformers":
+        return cluster.a.url, {"Authorization": f"Bearer {TOKEN_A}"}
+    return cluster.b.url, {"Authorization": f"Bearer {TOKEN_B}"}
+
+
+def post(llm: tuple[str, dict[str, str]], path: str, body: object) -> httpx.Response:
+    url, headers = llm
+    return httpx.post(url + path, json=body, headers=headers, timeout=TIMEOUT)
+
+
+def assert_error(resp: httpx.Response, status: int, code: str) -> dict[str, str]:
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert body["code"] == code and isinstance(body["detail"], str) and body["detail"]
+    return body
+
+
+# --- contract tests, on both backends -----------------------------------------------------------------------
+
+
+def test_healthz(llm: tuple[str, dict[str, str]], tiny_models: dict[str, Path]) -> None:
+    resp = httpx.get(llm[0] + "/healthz", timeout=TIMEOUT)
+    assert resp.status_code == 200
+    body = resp.json()
+    assert body["status"] == "ok" and body["service"] == "llm_service"
+    assert body["model"] == str(tiny_models["qwen_lm"])
+    assert body["backend"] in ("transformers", "vllm")
+
+
+@pytest.mark.parametrize("kind", ["1to1", "shorts", "scenes"])
+def test_expand_carries_persona_and_moderation(
+    llm: tuple[str, dict[str, str]], kind: str, tiny_models: dict[str, Path]
+) -> None:
+    history = [{"role": "user", "content": "hi!"}, {"role": "assistant", "content": "hello there"}]
+    resp = post(llm, f"/v1/chat/{kind}/expand", {"message": "a walk on the beach", "history": history,
+                                                  "persona": PERSONA})  # fmt: skip
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["source"] == "model" and body["model"] == str(tiny_models["qwen_lm"])
+    assert body["shortened_message"] is None and body["shortened_by"] is None
+    assert body["timings_ms"]["total"] > 0
+    prompt = body["prompt"]
+    for trait in TRAITS:
+        assert trait in prompt
+    if kind == "1to1":
+        assert SAFETY_CLAUSE not in prompt
+    else:
+        assert prompt.endswith(SAFETY_CLAUSE)
+    assert "<|im_end|>" not in prompt and "\n" not in prompt
+
+
+def test_long_message_is_shortened_before_expansion(llm: tuple[str, dict[str, str]]) -> None:
+    assert word_count(SIXTY_WORDS) == 60
+    resp = post(llm, "/v1/chat/shorts/expand", {"message": SIXTY_WORDS, "persona": PERSONA})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    short = body["shortened_message"]
+    assert short and word_count(short) <= 25 < word_count(SIXTY_WORDS)
+    assert body["shortened_by"] in ("model", "truncation")
+    assert body["timings_ms"]["shorten"] > 0
+    assert body["prompt"].endswith(SAFETY_CLAUSE)
+
+
+@pytest.mark.parametrize("prompt", ["a woman walking on a beach at sunset", "a nude figure, explicit scene"])
+def test_caption_is_10_to_15_safe_words_or_502(llm: tuple[str, dict[str, str]], prompt: str) -> None:
+    resp = post(llm, "/v1/chat/1to1/caption", {"prompt": prompt, "message": "show me"})
+    if resp.status_code == 502:
+        assert_error(resp, 502, "unusable_model_output")
+        return
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert 10 <= word_count(body["caption"]) <= 15 and body["word_count"] == word_count(body["caption"])
+    assert body["source"] == "model" and isinstance(body["adjusted"], bool)
+    from services.llm_service.safety import is_caption_safe
+
+    assert is_caption_safe(body["caption"])
+
+
+def test_reply_in_character(llm: tuple[str, dict[str, str]]) -> None:
+    # 50 long turns exceed the token budget: the service keeps the newest ones that fit.
+    history = [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": "tell me more " * 100} for i in range(50)
+    ]
+    resp = post(
+        llm, "/v1/chat/1to1/reply", {"message": "how was your day?", "persona": PERSONA, "history": history}
+    )
+    if resp.status_code == 502:
+        assert_error(resp, 502, "unusable_model_output")
+        return
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["reply"] and body["source"] == "model" and "<|im_end|>" not in body["reply"]
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ({"message": ""}, "message"),
+        ({"message": "   "}, "message"),
+        ({"message": "x" * 10_000}, "message"),
+        ({"message": "a fox", "sed": 1}, "sed"),
+        ({"message": "a fox", "persona": {"hair_colour": "red"}}, "hair_colour"),
+        ({}, "message"),
+    ],
+)
+def test_bad_input_is_422_with_detail(llm: tuple[str, dict[str, str]], body: object, fragment: str) -> None:
+    detail = assert_error(post(llm, "/v1/chat/1to1/expand", body), 422, "validation_error")["detail"]
+    assert fragment in detail and len(detail) < 500
+
+
+def test_bad_caption_and_reply_input(llm: tuple[str, dict[str, str]]) -> None:
+    assert_error(post(llm, "/v1/chat/1to1/caption", {"prompt": ""}), 422, "validation_error")
+    assert_error(
+        post(llm, "/v1/chat/1to1/reply", {"message": "hi"}), 422, "validation_error"
+    )  # persona needed
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/1to1/expand", "/v1/chat/completions", "/metrics"])
+def test_auth_required(llm: tuple[str, dict[str, str]], path: str) -> None:
+    url = llm[0] + path
+    assert_error(httpx.post(url, json={"message": "a fox"}, timeout=TIMEOUT), 401, "unauthorized")
+    wrong = {"Authorization": "Bearer nope-nope-nope"}
+    assert_error(
+        httpx.post(url, json={"message": "a fox"}, headers=wrong, timeout=TIMEOUT), 401, "unauthorized"
+    )
+
+
+def test_openai_compatible_route(llm: tuple[str, dict[str, str]], tiny_models: dict[str, Path]) -> None:
+    model = str(tiny_models["qwen_lm"])
+    req = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "min_tokens": 8,
+           "temperature": 0.0, "seed": 7, "stop": ["\n\n"]}  # fmt: skip
+    resp = post(llm, "/v1/chat/completions", req)
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["object"] == "chat.completion" and body["model"] == model and body["id"]
+    choice = body["choices"][0]
+    assert choice["message"]["role"] == "assistant" and isinstance(choice["message"]["content"], str)
+    assert choice["finish_reason"] in ("stop", "length")
+    assert body["usage"]["completion_tokens"] <= 8 and body["usage"]["prompt_tokens"] > 0
+    again = post(llm, "/v1/chat/completions", req).json()
+    assert again["choices"][0]["message"]["content"] == choice["message"]["content"]  # greedy + seed
+    assert_error(post(llm, "/v1/chat/completions", {**req, "model": "other"}), 404, "model_not_found")
+    assert_error(post(llm, "/v1/chat/completions", {**req, "logprobs": True}), 422, "validation_error")
+    models = httpx.get(llm[0] + "/v1/models", headers=llm[1], timeout=TIMEOUT).json()
+    assert models["data"][0]["id"] == model
+
+
+def test_metrics(llm: tuple[str, dict[str, str]]) -> None:
+    resp = httpx.get(llm[0] + "/metrics", headers=llm[1], timeout=TIMEOUT)
+    assert resp.status_code == 200
+    assert "imgpod_llm_generation_seconds" in resp.text and "imgpod_llm_outcomes_total" in resp.text
+
+
+# --- failure modes ------------------------------------------------------------------------------------------
+
+
+def test_caption_502_when_the_model_cannot_reach_the_length(cluster: Cluster) -> None:
+    resp = post((cluster.strict.url, {"Authorization": f"Bearer {TOKEN_B}"}), "/v1/chat/1to1/caption",
+                {"prompt": "a woman walking on a beach"})  # fmt: skip
+    body = assert_error(resp, 502, "unusable_model_output")
+    assert "caption" in body["detail"] and "attempt" in body["detail"]
+
+
+def test_missing_model_is_503_everywhere(cluster: Cluster) -> None:
+    health = cluster.missing.wait_for_health(503).json()
+    assert health["status"] == "error" and "failed to load" in health["detail"]
+    auth = (cluster.missing.url, {"Authorization": f"Bearer {TOKEN_A}"})
+    for path, body in [
+        ("/v1/chat/1to1/expand", {"message": "a fox"}),
+        ("/v1/chat/1to1/caption", {"prompt": "a fox"}),
+        ("/v1/chat/1to1/reply", {"message": "hi", "persona": PERSONA}),
+    ]:
+        detail = assert_error(post(auth, path, body), 503, "model_unavailable")["detail"]
+        assert "failed to load" in detail
+
+
+def test_missing_model_with_template_fallback_answers_labelled_templates(cluster: Cluster) -> None:
+    svc = cluster.missing_fallback
+    assert svc.wait_for_health(503).json()["template_fallback"] is True
+    auth = (svc.url, {"Authorization": f"Bearer {TOKEN_A}"})
+    resp = post(auth, "/v1/chat/scenes/expand", {"message": SIXTY_WORDS, "persona": PERSONA})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["source"] == "template" and body["model"] == "template"
+    assert body["shortened_by"] == "truncation" and word_count(body["shortened_message"]) <= 25
+    assert all(trait in body["prompt"] for trait in TRAITS) and body["prompt"].endswith(SAFETY_CLAUSE)
+    caption = post(auth, "/v1/chat/1to1/caption", {"prompt": "a fox"}).json()
+    assert caption["source"] == "template" and 10 <= caption["word_count"] <= 15
+    # No template for conversation: a canned reply would pretend to be the character.
+    assert_error(
+        post(auth, "/v1/chat/1to1/reply", {"message": "hi", "persona": PERSONA}), 503, "model_unavailable"
+    )
+
+
+def test_unreachable_vllm_is_503(cluster: Cluster) -> None:
+    svc = cluster.unreachable
+    health = svc.wait_for_health(503).json()
+    assert health["status"] == "error" and "unreachable" in health["detail"]
+    resp = post(
+        (svc.url, {"Authorization": f"Bearer {TOKEN_B}"}), "/v1/chat/1to1/expand", {"message": "a fox"}
+    )
+    assert "unavailable" in assert_error(resp, 503, "model_unavailable")["detail"]

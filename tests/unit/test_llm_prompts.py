@@ -1,0 +1,118 @@
+"""System prompts and message builders: what the model is told on each route."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.llm_service.prompts import (
+    MODERATION_RULES,
+    SAFETY_CLAUSE,
+    build_caption_messages,
+    build_expand_messages,
+    build_reply_messages,
+    build_shorten_messages,
+    character_descriptor,
+    compose_expanded_prompt,
+    expand_system_prompt,
+    persona_traits,
+)
+from shared.models import ChatTurn, Features
+
+PERSONA = Features(
+    hair_color="auburn",
+    hair_style="long wavy",
+    eye_color="green",
+    skin_tone="fair",
+    age_range="25-34",
+    gender_presentation="woman",
+    facial_hair="none",
+    glasses=True,
+    accessories=["silver necklace", "red scarf"],
+    description="A cheerful photographer who loves the sea.",
+)
+TRAITS = ["auburn", "long wavy", "green eyes", "fair skin", "25-34", "woman", "clean-shaven", "glasses",
+          "silver necklace", "red scarf"]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["shorts", "scenes"])
+def test_moderated_kinds_carry_moderation_rules(kind: str) -> None:
+    system = build_expand_messages(kind, "at the beach", [], PERSONA)[0]
+    assert system["role"] == "system"
+    assert MODERATION_RULES in system["content"]
+    assert "nudity" in system["content"]
+
+
+def test_1to1_has_no_moderation_instructions() -> None:
+    system = expand_system_prompt("1to1")
+    assert MODERATION_RULES not in system
+    assert "nudity" not in system.lower()
+    assert "moderated" not in system.lower()
+
+
+@pytest.mark.parametrize("kind", ["1to1", "shorts", "scenes"])
+def test_expand_messages_carry_persona_and_instruction_to_keep_it(kind: str) -> None:
+    messages = build_expand_messages(kind, "at the beach", [ChatTurn(role="user", content="hi")], PERSONA)
+    assert "keep every trait exactly" in messages[0]["content"]
+    user = messages[1]["content"]
+    for trait in TRAITS:
+        assert trait in user
+    assert "at the beach" in user and "user: hi" in user
+
+
+def test_persona_traits_are_deterministic_and_complete() -> None:
+    traits = persona_traits(PERSONA)
+    assert traits == persona_traits(PERSONA)
+    assert traits == [
+        "woman",
+        "age 25-34",
+        "long wavy auburn hair",
+        "green eyes",
+        "fair skin",
+        "clean-shaven",
+        "wearing glasses",
+        "wearing silver necklace, red scarf",
+    ]
+
+
+def test_persona_traits_do_not_double_nouns_and_skip_missing() -> None:
+    traits = persona_traits(Features(hair_color="black hair", eye_color="brown eyes", glasses=False))
+    assert traits == ["black hair", "brown eyes", "no glasses"]
+    assert persona_traits(None) == []
+    assert persona_traits(Features()) == []
+    assert character_descriptor(None) == ""
+
+
+def test_persona_values_are_sanitised() -> None:
+    traits = persona_traits(Features(hair_color="  red\n\x00 ", facial_hair="full beard"))
+    assert traits == ["red hair", "full beard"]
+
+
+@pytest.mark.parametrize("kind", ["1to1", "shorts", "scenes"])
+def test_compose_keeps_persona_whatever_the_scene(kind: str) -> None:
+    descriptor = character_descriptor(PERSONA)
+    for scene in ["", "junk qq zz", "x" * 5000]:
+        prompt = compose_expanded_prompt(kind, descriptor, scene, max_chars=2000)
+        assert len(prompt) <= 2000
+        for trait in TRAITS:
+            assert trait in prompt
+        if kind == "1to1":
+            assert SAFETY_CLAUSE not in prompt
+        else:
+            assert prompt.endswith(SAFETY_CLAUSE)
+
+
+def test_compose_without_persona() -> None:
+    assert compose_expanded_prompt("1to1", "", "a fox in snow", max_chars=2000) == "a fox in snow."
+
+
+def test_shorten_caption_reply_builders() -> None:
+    shorten = build_shorten_messages("long message", 25)
+    assert "at most 25 words" in shorten[0]["content"] and shorten[1]["content"] == "long message"
+    caption = build_caption_messages("a fox", "show me a fox", min_words=10, max_words=15)
+    assert "10 to 15 words" in caption[0]["content"] and "safe for work" in caption[0]["content"]
+    assert "a fox" in caption[1]["content"] and "show me a fox" in caption[1]["content"]
+    history = [ChatTurn(role="user", content="hello"), ChatTurn(role="assistant", content="hi!")]
+    reply = build_reply_messages(PERSONA, "how are you?", history)
+    assert [m["role"] for m in reply] == ["system", "user", "assistant", "user"]
+    assert "auburn" in reply[0]["content"] and "photographer" in reply[0]["content"]
+    assert reply[-1]["content"] == "how are you?"
