@@ -46,6 +46,13 @@ for svc in "${IMG_POD_SERVICES[@]}"; do
   printf '  %-15s %s  ok\n' "$svc" "$(url "$svc")"
 done
 
+# The interface polls its pools every couple of seconds: wait until it sees every worker.
+deadline=$((SECONDS + 60))
+until curl -fsS --max-time 2 "$(url interface)/healthz" | grep -q '"status":"ok"'; do
+  if [ "$SECONDS" -ge "$deadline" ]; then echo "interface does not see all workers healthy" >&2; exit 1; fi
+  sleep 0.5
+done
+
 if [ "$demo" = 1 ]; then
   cfg="$STATE/config.json"
   "$PY" testing/generate_test_selfies.py --out "$STATE/selfies" --only astronaut >/dev/null
