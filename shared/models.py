@@ -232,6 +232,8 @@ class ImageGenResponse(OpenModel):
 class ProfileCreateResponse(OpenModel):
     profile_image_base64: str
     features: Features
+    # False when the VLM's answer could not be read: the features are then all null, not guessed.
+    features_parsed: bool = True
     face: FaceMeta
     prompt_used: str
     seed: int

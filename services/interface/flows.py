@@ -108,6 +108,7 @@ class Flows:
         return ProfileCreateResponse(
             profile_image_base64=generated.image_base64,
             features=analysis.features,
+            features_parsed=analysis.features_parsed,
             face=analysis.face,
             prompt_used=generated.prompt_used,
             seed=generated.seed,
