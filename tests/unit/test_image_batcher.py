@@ -19,7 +19,7 @@ from PIL import Image
 from services.image_worker import engine as engine_module
 from services.image_worker.batcher import runner_labels
 from services.image_worker.engine import GenerationParams, ImageEngine
-from services.image_worker.pipeline import DevicePipeline, ImageJob
+from services.image_worker.pipeline import DevicePipeline, ImageJob, caption_token_limit
 from services.image_worker.routes.health import healthz
 from services.image_worker.settings import ImageSettings
 from shared.errors import InferenceFailed
@@ -175,3 +175,20 @@ def test_two_pipelines_both_serve(tiny_models: dict[str, Path]) -> None:
     assert all(g.result.image.size == (64, 64) for g in out)
     assert counts["cpu#0"] >= 1 and counts["cpu#1"] >= 1, counts
     assert sum(counts.values()) >= 4  # eight jobs in calls of at most two
+
+
+def test_caption_limit_follows_the_rope_axis() -> None:
+    assert caption_token_limit([1024, 512, 512]) == 992  # production config: the 512 default fits
+    assert caption_token_limit([256, 64, 64]) == 224
+
+
+def test_longest_prompt_fits_a_short_rope_axis(tiny_models: dict[str, Path]) -> None:
+    """A 2000-character prompt at the default 512-token limit used to raise IndexError in the tiny model."""
+    settings = settings_for(tiny_models["zimage"], max_sequence_length=512)
+
+    async def scenario(engine: ImageEngine) -> Any:
+        return await engine.generate(params("0" * 2000, 1, 16, 16))
+
+    out = with_engine(settings, scenario)
+    assert out.result.image.size == (16, 16)
+    assert out.prompt_truncated is True
