@@ -72,6 +72,7 @@ class BoundedQueue:
         self._queue: asyncio.Queue[QueueItem] = asyncio.Queue()
         self._consumers: list[asyncio.Task[None]] = []
         self._target_consumers = 0
+        self._empty_pool: str | None = None
         self._in_flight = 0
         # Exponentially weighted mean service time: recent calls matter most, one outlier does not dominate.
         self.mean_service_s = initial_service_s
@@ -95,9 +96,14 @@ class BoundedQueue:
             return math.inf
         return ahead / self._target_consumers * self.mean_service_s
 
-    def set_consumers(self, count: int) -> None:
-        """Grow or shrink the consumer tasks; a shrinking consumer finishes its current item first."""
+    def set_consumers(self, count: int, *, empty_pool: str | None = None) -> None:
+        """Grow or shrink the consumer tasks; a shrinking consumer finishes its current item first.
+
+        ``empty_pool`` names the pool that has no worker when ``count`` is 0, so the 503 says which stage is
+        down (the LLM for a chat flow) rather than only which queue refused.
+        """
         self._target_consumers = max(0, count)
+        self._empty_pool = empty_pool if self._target_consumers == 0 else None
         self._consumers = [t for t in self._consumers if not t.done()]
         while len(self._consumers) < self._target_consumers:
             index = len(self._consumers)
@@ -131,6 +137,10 @@ class BoundedQueue:
         """Admit or refuse at once; then wait for the result. Cancelling the caller cancels the work."""
         if self._target_consumers <= 0:
             self.metrics.rejected.labels(self.name, "no_worker").inc()
+            if self._empty_pool:
+                raise NoHealthyWorker(
+                    f"{self.name}: no healthy worker in the {self._empty_pool} pool", stage=self._empty_pool
+                )
             raise NoHealthyWorker(f"{self.name}: no healthy worker", stage=self.name)
         if self.depth >= self.capacity:
             raise self._refuse("full", self.estimated_wait_s())

@@ -40,6 +40,15 @@ class _Pending:
     enqueued: float = field(default_factory=time.perf_counter)
 
 
+def runner_labels(devices: list[str]) -> list[str]:
+    """One metric label per runner: the device name, suffixed ``#i`` when a device is listed twice.
+
+    ``IMAGE_DEVICES=cpu,cpu`` (or two pipelines on one large GPU) would otherwise merge both runners into one
+    time series, and nobody could see whether the second pipeline serves at all.
+    """
+    return [f"{d}#{i}" if devices.count(d) > 1 else d for i, d in enumerate(devices)]
+
+
 class Batcher:
     def __init__(
         self,
@@ -59,6 +68,7 @@ class Batcher:
         self._tasks: list[asyncio.Task[None]] = []
         self._busy = 0
         self._mean_batch_s = 1.0
+        self.labels = runner_labels([pipe.device for pipe in pipelines])
         self.m_batch = metrics.histogram(
             "imgpod_image_batch_size", "Images per pipeline call", buckets=(1, 2, 4, 8, 16, 32)
         )
@@ -71,8 +81,8 @@ class Batcher:
         return len(self.pipelines)
 
     def start(self) -> None:
-        for pipe in self.pipelines:
-            self._tasks.append(asyncio.create_task(self._runner(pipe), name=f"image-runner-{pipe.device}"))
+        for pipe, label in zip(self.pipelines, self.labels, strict=True):
+            self._tasks.append(asyncio.create_task(self._runner(pipe, label), name=f"image-runner-{label}"))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -132,27 +142,37 @@ class Batcher:
             self.m_depth.set(len(self._pending))
         return batch
 
-    async def _runner(self, pipe: DevicePipeline) -> None:
+    async def _runner(self, pipe: DevicePipeline, label: str) -> None:
         while True:
             batch = await self._next_batch()
-            started = time.perf_counter()
             try:
-                images = await asyncio.to_thread(pipe.run, [p.job for p in batch], [p.tokens for p in batch])
+                await self._serve(pipe, label, batch)
             except Exception as exc:
-                if len(batch) == 1:
-                    self._fail(batch[0], exc)
-                    continue
-                # One bad item must not fail the others: run them one by one to find it.
-                log.warning("batch failed, retrying items alone", extra={"n": len(batch)})
+                # A runner that dies leaves its device idle and every later request waiting forever while
+                # /healthz still says ok; fail this batch and keep serving instead.
+                log.exception("image runner error", extra={"device": label})
                 for item in batch:
-                    await self._run_single(pipe, item)
-                continue
-            elapsed = time.perf_counter() - started
-            self._observe(pipe, len(batch), elapsed)
-            for item, image in zip(batch, images, strict=True):
-                self._resolve(item, image, pipe.device, len(batch), started, elapsed)
+                    self._fail(item, exc)
 
-    async def _run_single(self, pipe: DevicePipeline, item: _Pending) -> None:
+    async def _serve(self, pipe: DevicePipeline, label: str, batch: list[_Pending]) -> None:
+        started = time.perf_counter()
+        try:
+            images = await asyncio.to_thread(pipe.run, [p.job for p in batch], [p.tokens for p in batch])
+        except Exception as exc:
+            if len(batch) == 1:
+                self._fail(batch[0], exc)
+                return
+            # One bad item must not fail the others: run them one by one to find it.
+            log.warning("batch failed, retrying items alone", extra={"n": len(batch)})
+            for item in batch:
+                await self._run_single(pipe, label, item)
+            return
+        elapsed = time.perf_counter() - started
+        self._observe(label, len(batch), elapsed)
+        for item, image in zip(batch, images, strict=True):
+            self._resolve(item, image, pipe.device, len(batch), started, elapsed)
+
+    async def _run_single(self, pipe: DevicePipeline, label: str, item: _Pending) -> None:
         if item.future.done():
             return
         started = time.perf_counter()
@@ -162,12 +182,12 @@ class Batcher:
             self._fail(item, exc)
             return
         elapsed = time.perf_counter() - started
-        self._observe(pipe, 1, elapsed)
+        self._observe(label, 1, elapsed)
         self._resolve(item, image, pipe.device, 1, started, elapsed)
 
-    def _observe(self, pipe: DevicePipeline, n: int, elapsed: float) -> None:
+    def _observe(self, label: str, n: int, elapsed: float) -> None:
         self.m_batch.observe(n)
-        self.m_infer.labels(pipe.device).observe(elapsed)
+        self.m_infer.labels(label).observe(elapsed)
         self._mean_batch_s = 0.8 * self._mean_batch_s + 0.2 * elapsed
 
     def _resolve(

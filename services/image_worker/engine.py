@@ -138,4 +138,5 @@ class ImageEngine:
         job = self.make_job(params)
         tokens = self._pipelines[0].count_tokens(job.prompt)
         result = await batcher.submit(job, tokens)
-        return Generated(result, job, tokens, tokens > self.settings.max_sequence_length)
+        # The pipeline's limit, which load() may have lowered below the setting to fit the checkpoint.
+        return Generated(result, job, tokens, tokens > self._pipelines[0].max_sequence_length)

@@ -19,6 +19,8 @@ from services.image_worker.devices import resolve_dtype
 
 log = logging.getLogger(__name__)
 _TOKEN_BUCKET = 64
+# ZImageTransformer2DModel pads the caption to a multiple of this (diffusers' SEQ_MULTI_OF).
+_CAPTION_PAD = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +40,17 @@ class ImageJob:
 
 class ModelLoadError(RuntimeError):
     pass
+
+
+def caption_token_limit(axes_lens: list[int] | tuple[int, ...]) -> int:
+    """The longest caption (in tokens) whose RoPE positions fit the transformer's first axis.
+
+    The transformer gives caption tokens positions 1..L (L padded to a multiple of 32) and the image tokens
+    position L + 1 on axis 0, so L + 1 must stay below ``axes_lens[0]``. The production config (1024) is far
+    above the 512-token default; a checkpoint with a short axis (the tiny test model has 256) would otherwise
+    fail with an IndexError inside the model on every long prompt.
+    """
+    return (axes_lens[0] - 2) // _CAPTION_PAD * _CAPTION_PAD
 
 
 def looks_like_local_path(model_id: str) -> bool:
@@ -64,6 +77,15 @@ class DevicePipeline:
             raise ModelLoadError(
                 f"could not load {self.model_id}: {type(exc).__name__}: {first_line}"
             ) from exc
+        axes_lens = getattr(pipe.transformer.config, "axes_lens", None)
+        if axes_lens:
+            limit = caption_token_limit(axes_lens)
+            if limit < self.max_sequence_length:
+                log.warning(
+                    "max_sequence_length lowered to what the transformer's RoPE axis allows",
+                    extra={"asked": self.max_sequence_length, "used": limit},
+                )
+                self.max_sequence_length = limit
         pipe = pipe.to(self.device)
         pipe.set_progress_bar_config(disable=True)
         if attention_backend:

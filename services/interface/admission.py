@@ -38,7 +38,8 @@ def build_queues(
 
         # A flow needs every pool it calls; the scarcest one bounds how many items can usefully run at once.
         def resize(_: int, queue: BoundedQueue = queue, pools: list[WorkerPool] = pools) -> None:
-            queue.set_consumers(min(p.capacity for p in pools))
+            empty = next((p.name for p in pools if p.capacity == 0), None)
+            queue.set_consumers(min(p.capacity for p in pools), empty_pool=empty)
 
         for pool in pools:
             pool.on_change(resize)
