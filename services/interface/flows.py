@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
-from shared.policy import PolicyDecision, check_expanded_prompt, evaluate_private_chat, sanitize_general
 
 from services.interface.pools import WorkerPool
 from services.interface.settings import InterfaceSettings
@@ -25,6 +24,7 @@ from shared.models import (
     ReplyRequest,
     ReplyResponse,
 )
+from shared.policy import PolicyDecision, check_expanded_prompt, evaluate_private_chat, sanitize_general
 
 ChatKind = Literal["1to1", "shorts", "scenes"]
 M = TypeVar("M", bound=BaseModel)
