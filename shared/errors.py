@@ -14,6 +14,7 @@ ImgPodError
  +-- ModelUnavailable (503)         the model is not loaded (yet, or at all)
  +-- NoHealthyWorker (503)          no worker of a pool can take the call
  +-- UpstreamTimeout (504)          a worker did not answer in time
+ +-- InferenceTimeout (504)         the model did not finish in time
 
 Bodies are always ``{"detail": str, "code": str}`` (plus ``stage`` for upstream errors). ``str(exc)`` of
 library exceptions never reaches a body: it can leak paths and internals.
@@ -128,6 +129,11 @@ class NoHealthyWorker(ImgPodError):
 class UpstreamTimeout(ImgPodError):
     status_code = 504
     code = "upstream_timeout"
+
+
+class InferenceTimeout(ImgPodError):
+    status_code = 504
+    code = "inference_timeout"
 
 
 _STATUS_CODES = {

@@ -117,6 +117,8 @@ class GenerateResponse(OpenModel):
     prompt_tokens: int
     prompt_truncated: bool
     soft_blocked: bool = False
+    # True when the pixels themselves passed the output safety check (moderated roles).
+    safety_checked: bool = False
     model: str
     role: str
     timings_ms: Timings = Field(default_factory=dict)

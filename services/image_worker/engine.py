@@ -11,9 +11,10 @@ from typing import Literal
 
 from services.image_worker.batcher import Batcher, ImageResult
 from services.image_worker.devices import resolve_devices
+from services.image_worker.output_safety import OutputSafetyChecker, SafetyVerdict
 from services.image_worker.pipeline import DevicePipeline, ImageJob, ModelLoadError
 from services.image_worker.settings import ImageSettings
-from shared.errors import ModelUnavailable, ValidationFailed
+from shared.errors import InferenceTimeout, ModelUnavailable, PolicyBlocked, ValidationFailed
 from shared.metrics import ServiceMetrics
 from shared.models import MAX_SEED
 
@@ -38,6 +39,7 @@ class Generated:
     job: ImageJob
     prompt_tokens: int
     prompt_truncated: bool
+    safety_checked: bool
 
 
 class ImageEngine:
@@ -51,6 +53,15 @@ class ImageEngine:
         self.load_seconds: float | None = None
         self.batcher: Batcher | None = None
         self._pipelines: list[DevicePipeline] = []
+        self.safety: OutputSafetyChecker | None = None
+        self.m_unsafe = metrics.counter(
+            "imgpod_output_safety_blocked_total", "Generated images withheld as unsafe"
+        )
+
+    @property
+    def checks_output(self) -> bool:
+        mode = self.settings.output_safety
+        return mode == "on" or (mode == "auto" and self.settings.role in ("shorts", "scenes"))
 
     async def start(self) -> None:
         """Load every pipeline off the event loop; failures are kept for /healthz, never raised."""
@@ -71,6 +82,18 @@ class ImageEngine:
                 )
                 if self.settings.warmup:
                     await asyncio.to_thread(self._warm_up, pipe)
+            if self.checks_output:
+                # A moderated role without its output check must not serve: fail visibly instead.
+                try:
+                    self.safety = await asyncio.to_thread(
+                        OutputSafetyChecker,
+                        self.settings.output_safety_threshold,
+                        self.settings.output_safety_model,
+                    )
+                except Exception as exc:
+                    raise ModelLoadError(
+                        f"output safety checker unavailable: {type(exc).__name__}: {exc}"
+                    ) from exc
             self._pipelines = pipelines
             self.dtype = str(pipelines[0].dtype).removeprefix("torch.")
             self.batcher = Batcher(
@@ -137,6 +160,19 @@ class ImageEngine:
         batcher = self.require_ready()
         job = self.make_job(params)
         tokens = self._pipelines[0].count_tokens(job.prompt)
-        result = await batcher.submit(job, tokens)
+        try:
+            result = await asyncio.wait_for(batcher.submit(job, tokens), self.settings.inference_timeout_s)
+        except TimeoutError as exc:
+            raise InferenceTimeout(
+                f"image generation took longer than {self.settings.inference_timeout_s:g} s", stage="image"
+            ) from exc
+        if self.safety is not None:
+            verdict: SafetyVerdict = await asyncio.to_thread(self.safety.check, result.image)
+            if not verdict.safe:
+                self.m_unsafe.inc()
+                raise PolicyBlocked(
+                    "the generated image did not pass the safety check", stage="output_safety"
+                )
         # The pipeline's limit, which load() may have lowered below the setting to fit the checkpoint.
-        return Generated(result, job, tokens, tokens > self._pipelines[0].max_sequence_length)
+        truncated = tokens > self._pipelines[0].max_sequence_length
+        return Generated(result, job, tokens, truncated, safety_checked=self.safety is not None)

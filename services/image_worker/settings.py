@@ -38,7 +38,13 @@ class ImageSettings(ServiceSettings):
     warmup: bool = True
     attention_backend: str | None = None
     compile: bool = False
+    # A caller waiting longer than this gets a 504; the pipeline call itself cannot be interrupted.
     inference_timeout_s: float = Field(300.0, gt=0)
+    # "auto": check generated images on the moderated roles (shorts, scenes) only.
+    output_safety: Literal["auto", "on", "off"] = "auto"
+    output_safety_threshold: float = Field(0.45, ge=0.0, le=1.0)
+    # Empty: the detector bundled with nudenet.
+    output_safety_model: str = ""
 
     @model_validator(mode="after")
     def _defaults_within_bounds(self) -> ImageSettings:

@@ -226,6 +226,35 @@ def test_healthz_and_metrics(workers: dict[str, ServiceProcess], tiny_models: di
     assert "imgpod_http_requests_total" in metrics
 
 
+def test_moderated_roles_check_their_output(workers: dict[str, ServiceProcess]) -> None:
+    for role, checked in (("shorts", True), ("scenes", True), ("chat1to1", False), ("profile", False)):
+        resp = httpx.post(workers[role].url + ROLES[role], json=body_for(role), headers=AUTH, timeout=60)
+        assert resp.json()["safety_checked"] is checked, role
+        assert httpx.get(workers[role].url + "/healthz").json()["output_safety"] is checked
+
+
+def test_moderated_route_soft_blocks_and_hard_blocks(workers: dict[str, ServiceProcess]) -> None:
+    url = workers["shorts"].url + ROLES["shorts"]
+    soft = httpx.post(url, json={"prompt": "a nude woman on a beach"}, headers=AUTH, timeout=60).json()
+    assert soft["soft_blocked"] is True
+    assert soft["prompt_used"].startswith("a nude woman on a beach")
+    assert "no nudity" in soft["prompt_used"]
+    # The unmoderated 1:1 role keeps an adult prompt as it is, but no role draws a hard-blocked one.
+    plain = httpx.post(
+        workers["chat1to1"].url + ROLES["chat1to1"], json={"prompt": "a nude woman on a beach"}, headers=AUTH
+    ).json()
+    assert plain["soft_blocked"] is False
+    assert plain["prompt_used"] == "a nude woman on a beach"
+    for role in ROLES:
+        if role == "profile":
+            continue
+        blocked = httpx.post(
+            workers[role].url + ROLES[role], json={"prompt": "a naked 12 year old"}, headers=AUTH, timeout=60
+        )
+        assert blocked.status_code == 422, role
+        assert blocked.json()["code"] == "policy_blocked"
+
+
 def test_wrong_role_route_is_404(workers: dict[str, ServiceProcess]) -> None:
     resp = httpx.post(workers["shorts"].url + ROLES["scenes"], json=body_for("scenes"), headers=AUTH)
     assert resp.status_code == 404

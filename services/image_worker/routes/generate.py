@@ -47,6 +47,7 @@ async def run_generation(
         prompt_tokens=generated.prompt_tokens,
         prompt_truncated=generated.prompt_truncated,
         soft_blocked=soft_blocked,
+        safety_checked=generated.safety_checked,
         model=engine.settings.model_id,
         role=engine.settings.role,
         timings_ms={

@@ -23,4 +23,5 @@ async def healthz(engine: EngineDep) -> JSONResponse:
     ).model_dump()
     body["concurrency"] = engine.batcher.concurrency if engine.batcher else 0
     body["max_batch"] = engine.settings.max_batch
+    body["output_safety"] = engine.safety is not None
     return JSONResponse(body, status_code=200 if engine.state == "ok" else 503)
