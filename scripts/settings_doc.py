@@ -10,6 +10,7 @@ import argparse
 import importlib
 import json
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,8 @@ def _default(field: Any) -> str:
     if isinstance(value, SecretStr) or (value is None and "token" in str(field.annotation).lower()):
         return "unset"
     if isinstance(value, Path):
-        value = str(value)
+        # The temp dir differs between machines; the table must not.
+        value = str(value).replace(tempfile.gettempdir(), "$TMPDIR", 1)
     if isinstance(value, list | dict):
         return f"`{json.dumps(value)}`"
     return f"`{value}`" if value not in (None, "") else "unset"
