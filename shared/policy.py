@@ -50,8 +50,8 @@ SAFETY_SUFFIX = ", fully clothed, modest clothing, no nudity, safe for work"
 # and to log.
 _REASONS: dict[str, str] = {
     terms.CATEGORY_MINORS: "content involving minors is not allowed",
-    terms.CATEGORY_SEXUAL_VIOLENCE: "depictions of sexual violence or non-consent are not allowed",
-    terms.CATEGORY_BESTIALITY: "sexual content involving animals is not allowed",
+    terms.CATEGORY_SEXUAL_VIOLENCE: "content depicting abuse or lack of consent is not allowed",
+    terms.CATEGORY_BESTIALITY: "content depicting intimacy with animals is not allowed",
     terms.CATEGORY_EXPLICIT: "adult content is not allowed here; safety constraints were added to the prompt",
 }
 
@@ -121,12 +121,20 @@ _LEET_KEEP_STAR = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s
                                  "$": "s", "!": "i", "|": "i"})  # fmt: skip
 
 _NON_TOKEN = re.compile(r"[^a-z0-9@$!|*]+")
+# "c.h.i.l.d s.e.x": single characters joined by one repeated punctuation mark are glued before spaces
+# are considered, so the space between two such runs still separates words. The double lookbehind lets
+# a match start only at the beginning of a run, keeping the scan linear.
+_PUNCT_RUN = re.compile(
+    r"(?<![a-z0-9@$])(?<![a-z0-9@$][._-])[a-z0-9@$]([._-])[a-z0-9@$](?:\1[a-z0-9@$])*+(?![a-z0-9@$])"
+)
 _HAS_LETTER = re.compile(r"[a-z]")
 _NON_DIGIT = re.compile(r"[^0-9]+")
 _DIGIT = re.compile(r"[0-9]")
 # Anchored to a token start (the lookbehind) so a long token is scanned once, not once per position.
 _TOKEN_WITH_SPECIAL = re.compile(r"(?<![^ ])[^ ]*?[0-9@$!|*][^ ]*+")
 _SINGLE_CHAR_RUN = re.compile(r"(?<![^ ])[^ ](?: [^ ])+(?![^ ])")
+# Age view: digits break runs, so "a 9 y o" keeps its "9" instead of becoming "a9yo".
+_SINGLE_LETTER_RUN = re.compile(r"(?<![^ ])[a-z@$](?: [a-z@$])+(?![^ ])")
 _LONE_SYMBOL = re.compile(r"(?<![^ ])[@$](?![^ ])")
 _DIGIT_PREFIX = re.compile(r"(?<![^ ])([0-9]++)(?=[a-z])")
 _REPEAT_3 = re.compile(r"([a-z])\1\1+")
@@ -144,6 +152,7 @@ def _fold_unicode(text: str) -> str:
     else:
         folded = unicodedata.normalize("NFKC", text).casefold()
         folded = unicodedata.normalize("NFKD", folded).translate(_UNICODE_TABLE)
+    folded = _PUNCT_RUN.sub(lambda m: m.group().replace(m.group(1), ""), folded)
     return _NON_TOKEN.sub(" ", folded).strip()
 
 
@@ -177,7 +186,7 @@ def _canonical_tokens(folded: str, *, keep_stars: bool, split_ages: bool) -> str
             return "".join(parts).translate(leet)
         return " ".join(part for part in parts if part not in ("@", "$"))
 
-    text = _SINGLE_CHAR_RUN.sub(join_run, text)
+    text = (_SINGLE_LETTER_RUN if split_ages else _SINGLE_CHAR_RUN).sub(join_run, text)
     if "@" in text or "$" in text:
         text = _LONE_SYMBOL.sub("", text)
     text = " ".join(text.split())
@@ -211,7 +220,7 @@ def _collapse_to_one(text: str) -> str:
 
 # Single-letter forms of terms that collide with everyday words; they are matched only in the
 # two-letter view ("teen" must not match "ten", "boobs" must not match "bobs").
-_COLLAPSE_COLLISIONS: frozenset[str] = frozenset({"ten", "tens", "bobs", "kidie", "kidies"})
+_COLLAPSE_COLLISIONS: frozenset[str] = frozenset({"ten", "tens", "bobs", "kidie", "kidies", "striping"})
 
 
 def _expand_terms(words: Iterable[str]) -> list[str]:
@@ -220,7 +229,8 @@ def _expand_terms(words: Iterable[str]) -> list[str]:
     for word in words:
         out.add(word)
         single = _collapse_to_one(word)
-        if single not in _COLLAPSE_COLLISIONS:
+        # Very short collapsed forms ("x" from "xx") are ordinary letters, not obfuscations.
+        if len(single) >= 3 and single not in _COLLAPSE_COLLISIONS:
             out.add(single)
     return sorted(out)
 

@@ -125,7 +125,7 @@ ANIMAL_TERMS: tuple[str, ...] = (
 EXPLICIT_TERMS: tuple[str, ...] = (
     "nude", "nudes", "nudity", "naked", "nakedness", "topless", "bottomless", "unclothed",
     "without clothes", "without clothing", "no clothes", "in the nude", "fully nude", "butt naked",
-    "porn", "porno", "porns", "pornographic", "pornography", "xxx", "nsfw", "x rated", "hentai",
+    "porn", "porno", "porns", "pornographic", "pornography", "nsfw", "x rated", "xx rated", "hentai",
     "ecchi", "smut", "sexually explicit", "genitals", "genitalia", "penis", "penises", "vagina",
     "vaginas", "vulva", "clitoris", "pussy", "boobs", "tits", "titties", "exposed breasts",
     "breasts exposed", "bare breasts", "exposed nipples", "nipples exposed", "nipple slip", "erection",
