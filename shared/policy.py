@@ -131,7 +131,9 @@ _HAS_LETTER = re.compile(r"[a-z]")
 _NON_DIGIT = re.compile(r"[^0-9]+")
 _DIGIT = re.compile(r"[0-9]")
 # Anchored to a token start (the lookbehind) so a long token is scanned once, not once per position.
-_TOKEN_WITH_SPECIAL = re.compile(r"(?<![^ ])[^ ]*?[0-9@$!|*][^ ]*+")
+# Only tokens with a symbol, or with digits next to letters, can change; pure words and pure numbers are
+# already canonical and are skipped without a Python callback.
+_TOKEN_WITH_SPECIAL = re.compile(r"(?<![^ ])[^ ]*?(?:[@$!|*]|[0-9][a-z]|[a-z][0-9])[^ ]*+")
 _SINGLE_CHAR_RUN = re.compile(r"(?<![^ ])[^ ](?: [^ ])+(?![^ ])")
 # Age view: digits break runs, so "a 9 y o" keeps its "9" instead of becoming "a9yo".
 _SINGLE_LETTER_RUN = re.compile(r"(?<![^ ])[a-z@$](?: [a-z@$])+(?![^ ])")
@@ -265,36 +267,70 @@ def _words(words: Iterable[str]) -> str:
     return r"\b" + _trie_pattern(_expand_terms(words)) + r"\b"
 
 
-def _compile(*groups: Iterable[str]) -> re.Pattern[str]:
-    return re.compile(_words(itertools.chain.from_iterable(groups)))
+def _first_words(words: Iterable[str]) -> frozenset[str]:
+    return frozenset(term.split(" ", 1)[0] for term in _expand_terms(words))
 
 
-_BENIGN_RE = _compile(terms.BENIGN_PHRASES)
-_MINOR_RE = _compile(terms.MINOR_TERMS)
-_MINOR_INTRINSIC_RE = _compile(terms.MINOR_INTRINSIC_TERMS)
-_SEXUAL_ANY_RE = _compile(terms.EXPLICIT_TERMS, terms.SEXUAL_ACT_TERMS, terms.SEXUALIZING_TERMS)
-_EXPLICIT_RE = _compile(terms.EXPLICIT_TERMS, terms.SEXUAL_ACT_TERMS)
-_SV_RE = _compile(terms.SEXUAL_VIOLENCE_TERMS)
-_COERCION_RE = _compile(terms.COERCION_TERMS)
-_BESTIALITY_RE = _compile(terms.BESTIALITY_TERMS)
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    """A compiled pattern plus cheap preconditions.
+
+    Every match of ``pattern`` starts with (or contains) a whole word from each set in ``gates``, so when a
+    view's word set misses one of them the regex cannot match and is skipped. Most prompts contain no
+    listed word at all, which makes this the common path.
+    """
+
+    pattern: re.Pattern[str]
+    gates: tuple[frozenset[str], ...]
+
+    def search(self, views: tuple[_View, ...]) -> bool:
+        return any(
+            all(not gate.isdisjoint(view.tokens) for gate in self.gates) and self.pattern.search(view.text)
+            for view in views
+        )
+
+
+def _rule(*groups: Iterable[str]) -> _Rule:
+    words = list(itertools.chain.from_iterable(groups))
+    return _Rule(re.compile(_words(words)), (_first_words(words),))
+
+
+_BENIGN = _rule(terms.BENIGN_PHRASES)
+_MINOR = _rule(terms.MINOR_TERMS)
+_MINOR_INTRINSIC = _rule(terms.MINOR_INTRINSIC_TERMS)
+_SEXUAL_ANY = _rule(terms.EXPLICIT_TERMS, terms.SEXUAL_ACT_TERMS, terms.SEXUALIZING_TERMS)
+_EXPLICIT = _rule(terms.EXPLICIT_TERMS, terms.SEXUAL_ACT_TERMS)
+_SV = _rule(terms.SEXUAL_VIOLENCE_TERMS)
+_COERCION = _rule(terms.COERCION_TERMS)
+_BESTIALITY = _rule(terms.BESTIALITY_TERMS)
 
 _ACT = _words(terms.SEXUAL_ACT_TERMS)
 _NEAR = _words(terms.INCAPACITATION_NEAR_TERMS)
 _ANIMAL = _words(terms.ANIMAL_TERMS)
+_ACT_GATE = _first_words(terms.SEXUAL_ACT_TERMS)
 # Possessive "[^ ]++" so a long token between the two terms is consumed once, never re-split.
 _GAP = rf"(?: [^ ]++){{0,{terms.NEAR_WINDOW_WORDS}}}? "
-_NEAR_ACT_RE = re.compile(rf"{_NEAR}{_GAP}{_ACT}|{_ACT}{_GAP}{_NEAR}")
+_NEAR_ACT = _Rule(
+    re.compile(rf"{_NEAR}{_GAP}{_ACT}|{_ACT}{_GAP}{_NEAR}"),
+    (_first_words(terms.INCAPACITATION_NEAR_TERMS), _ACT_GATE),
+)
 _DETERMINER = r"(?:a|an|the|her|his|my|their|some|two|three) "
-_BESTIALITY_PHRASE_RE = re.compile(
-    rf"{_ACT} (?:with|by) (?:{_DETERMINER})?(?:[^ ]++ )?{_ANIMAL}"
-    rf"|{_ACT} {_DETERMINER}(?:[^ ]++ )?{_ANIMAL}"
-    rf"|{_ANIMAL} (?:is |was )?(?:fucking|fucks|fucked|penetrating|penetrates|raping|rapes|raped|humping"
-    r"|having sex|has sex)\b"
+_BESTIALITY_PHRASE = _Rule(
+    re.compile(
+        rf"{_ACT} (?:with|by) (?:{_DETERMINER})?(?:[^ ]++ )?{_ANIMAL}"
+        rf"|{_ACT} {_DETERMINER}(?:[^ ]++ )?{_ANIMAL}"
+        rf"|{_ANIMAL} (?:is |was )?(?:fucking|fucks|fucked|penetrating|penetrates|raping|rapes|raped|humping"
+        r"|having sex|has sex)\b"
+    ),
+    (_first_words(terms.ANIMAL_TERMS),),
 )
 
 _AGE_WORDS = "|".join(terms.MINOR_AGE_WORDS)
 _AGE_SUFFIX = r"(?:yo|yr old|yrs old|year old|years old|year of age|years of age)"
-_WORD_AGE_RE = re.compile(rf"\b(?:{_AGE_WORDS}) {_AGE_SUFFIX}\b|\b(?:age|aged) (?:{_AGE_WORDS})\b")
+_WORD_AGE = _Rule(
+    re.compile(rf"\b(?:{_AGE_WORDS}) {_AGE_SUFFIX}\b|\b(?:age|aged) (?:{_AGE_WORDS})\b"),
+    (frozenset(terms.MINOR_AGE_WORDS),),
+)
 # Digits are bounded ({1,3}) so int() never sees a huge number and no match spans a long digit run.
 _DIGIT_AGE_RE = re.compile(
     rf"\b([0-9]{{1,3}}) {_AGE_SUFFIX}\b"
@@ -344,6 +380,18 @@ _STARRED_TOKEN = re.compile(r"[^ ]*\*[^ ]*+")
 
 
 @dataclass(frozen=True, slots=True)
+class _View:
+    """One normalized form of the text and the set of its words (for _Rule gates)."""
+
+    text: str
+    tokens: frozenset[str]
+
+
+def _view(text: str) -> _View:
+    return _View(text, frozenset(text.split(" ")))
+
+
+@dataclass(frozen=True, slots=True)
 class _Views:
     """The normalized forms a text is judged on.
 
@@ -353,12 +401,15 @@ class _Views:
     real age must never be lost to that.
     """
 
-    words: tuple[str, ...]
-    ages: str
+    words: tuple[_View, ...]
+    ages: _View | None
 
 
-def _mask(view: str) -> str:
-    return _BENIGN_RE.sub("~", view)
+def _mask(text: str) -> _View:
+    view = _view(text)
+    if not _BENIGN.gates[0].isdisjoint(view.tokens):
+        view = _view(_BENIGN.pattern.sub("~", text))
+    return view
 
 
 def _views(text: str) -> _Views:
@@ -369,43 +420,35 @@ def _views(text: str) -> _Views:
         starred = _canonical_tokens(folded, keep_stars=True, split_ages=False)
         resolved = _STARRED_TOKEN.sub(lambda m: _STAR_MAP.get(m.group(), m.group().replace("*", "")), starred)
         candidates.append(resolved)
-    words = tuple(dict.fromkeys(_mask(view) for view in candidates))
+    words = tuple(_mask(text) for text in dict.fromkeys(candidates))
     has_digit = _DIGIT.search(folded) is not None
-    ages = _mask(_canonical_tokens(folded, keep_stars=False, split_ages=True)) if has_digit else ""
+    ages = _mask(_canonical_tokens(folded, keep_stars=False, split_ages=True)) if has_digit else None
     return _Views(words=words, ages=ages)
 
 
-def _search(pattern: re.Pattern[str], views: tuple[str, ...]) -> bool:
-    return any(pattern.search(view) for view in views)
-
-
 def _mentions_minor(views: _Views) -> bool:
-    if _search(_MINOR_RE, views.words) or _search(_WORD_AGE_RE, views.words):
+    if _MINOR.search(views.words) or _WORD_AGE.search(views.words):
         return True
-    if not views.ages:
+    if views.ages is None:
         return False
-    for match in _DIGIT_AGE_RE.finditer(views.ages):
+    for match in _DIGIT_AGE_RE.finditer(views.ages.text):
         age, aged, grade = match.groups()
         if grade is not None:
             if 0 < int(grade) <= _MAX_GRADE:
                 return True
         elif int(age if age is not None else aged) <= terms.MAX_MINOR_AGE:
             return True
-    return any(int(m.group(1)) <= terms.MAX_MINOR_AGE + 1 for m in _DIGIT_UNDER_RE.finditer(views.ages))
+    return any(int(m.group(1)) <= terms.MAX_MINOR_AGE + 1 for m in _DIGIT_UNDER_RE.finditer(views.ages.text))
 
 
 def _hard_category(views: _Views) -> str | None:
     """Return the first hard-block category the text falls into, or None."""
     words = views.words
-    if _search(_MINOR_INTRINSIC_RE, words) or (_search(_SEXUAL_ANY_RE, words) and _mentions_minor(views)):
+    if _MINOR_INTRINSIC.search(words) or (_SEXUAL_ANY.search(words) and _mentions_minor(views)):
         return terms.CATEGORY_MINORS
-    if (
-        _search(_SV_RE, words)
-        or (_search(_COERCION_RE, words) and _search(_EXPLICIT_RE, words))
-        or _search(_NEAR_ACT_RE, words)
-    ):
+    if _SV.search(words) or (_COERCION.search(words) and _EXPLICIT.search(words)) or _NEAR_ACT.search(words):
         return terms.CATEGORY_SEXUAL_VIOLENCE
-    if _search(_BESTIALITY_RE, words) or _search(_BESTIALITY_PHRASE_RE, words):
+    if _BESTIALITY.search(words) or _BESTIALITY_PHRASE.search(words):
         return terms.CATEGORY_BESTIALITY
     return None
 
@@ -426,7 +469,7 @@ def _decide(text: str, *, moderated: bool) -> PolicyDecision:
     category = _hard_category(views)
     if category is not None:
         return _blocked(category)
-    if moderated and _search(_EXPLICIT_RE, views.words):
+    if moderated and _EXPLICIT.search(views.words):
         safe = prompt if prompt.endswith(SAFETY_SUFFIX) else prompt + SAFETY_SUFFIX
         return PolicyDecision(blocked=False, category=terms.CATEGORY_EXPLICIT, prompt=safe, soft_blocked=True,
                               reason=_REASONS[terms.CATEGORY_EXPLICIT])  # fmt: skip
