@@ -154,7 +154,8 @@ def _fold_unicode(text: str) -> str:
     else:
         folded = unicodedata.normalize("NFKC", text).casefold()
         folded = unicodedata.normalize("NFKD", folded).translate(_UNICODE_TABLE)
-    folded = _PUNCT_RUN.sub(lambda m: m.group().replace(m.group(1), ""), folded)
+    if "." in folded or "-" in folded or "_" in folded:
+        folded = _PUNCT_RUN.sub(lambda m: m.group().replace(m.group(1), ""), folded)
     return _NON_TOKEN.sub(" ", folded).strip()
 
 
@@ -396,13 +397,19 @@ class _Views:
     """The normalized forms a text is judged on.
 
     ``words`` holds the two-letter view, its single-letter collapse and, if the text had ``*``, a view
-    with censored words resolved; benign phrases are masked in all of them. ``ages`` keeps digits that
+    with censored words resolved; benign phrases are masked in all of them. ``ages()`` keeps digits that
     touch letters as digits ("15yo" -> "15 yo"), because in ``words`` they were read as leetspeak and a
     real age must never be lost to that.
     """
 
     words: tuple[_View, ...]
-    ages: _View | None
+    folded: str
+
+    def ages(self) -> str | None:
+        """The age view, built on demand: it is only needed once a sexual term was found."""
+        if _DIGIT.search(self.folded) is None:
+            return None
+        return _mask(_canonical_tokens(self.folded, keep_stars=False, split_ages=True)).text
 
 
 def _mask(text: str) -> _View:
@@ -414,31 +421,35 @@ def _mask(text: str) -> _View:
 
 def _views(text: str) -> _Views:
     folded = _fold_unicode(text)
-    two = _canonical_tokens(folded, keep_stars=False, split_ages=False)
-    candidates = [two, _collapse_to_one(two)]
+    resolved = None
     if "*" in folded:
         starred = _canonical_tokens(folded, keep_stars=True, split_ages=False)
         resolved = _STARRED_TOKEN.sub(lambda m: _STAR_MAP.get(m.group(), m.group().replace("*", "")), starred)
+        # Same result as normalize(text) (stars only ever sit between letters), one pass cheaper.
+        two = _REPEAT_3.sub(r"\1\1", starred.replace("*", ""))
+    else:
+        two = _canonical_tokens(folded, keep_stars=False, split_ages=False)
+    candidates = [two, _collapse_to_one(two)]
+    if resolved is not None:
         candidates.append(resolved)
     words = tuple(_mask(text) for text in dict.fromkeys(candidates))
-    has_digit = _DIGIT.search(folded) is not None
-    ages = _mask(_canonical_tokens(folded, keep_stars=False, split_ages=True)) if has_digit else None
-    return _Views(words=words, ages=ages)
+    return _Views(words=words, folded=folded)
 
 
 def _mentions_minor(views: _Views) -> bool:
     if _MINOR.search(views.words) or _WORD_AGE.search(views.words):
         return True
-    if views.ages is None:
+    ages = views.ages()
+    if ages is None:
         return False
-    for match in _DIGIT_AGE_RE.finditer(views.ages.text):
+    for match in _DIGIT_AGE_RE.finditer(ages):
         age, aged, grade = match.groups()
         if grade is not None:
             if 0 < int(grade) <= _MAX_GRADE:
                 return True
         elif int(age if age is not None else aged) <= terms.MAX_MINOR_AGE:
             return True
-    return any(int(m.group(1)) <= terms.MAX_MINOR_AGE + 1 for m in _DIGIT_UNDER_RE.finditer(views.ages.text))
+    return any(int(m.group(1)) <= terms.MAX_MINOR_AGE + 1 for m in _DIGIT_UNDER_RE.finditer(ages))
 
 
 def _hard_category(views: _Views) -> str | None:
