@@ -118,7 +118,7 @@ CASES: list[tuple[str, str, str]] = [
     ("benign-xray", "x-ray of a child's arm", PASS),
     ("benign-4k", "4k photo of a cat, 3d render", PASS),
     ("benign-year", "a 1990s photo of a family", PASS),
-    ("benign-ten", "ten nude statues", EXPLICIT),
+    ("explicit-ten-is-not-teen", "ten nude statues", EXPLICIT),
     ("benign-suffix", "a child flying a kite" + SAFETY_SUFFIX, PASS),
     # --- explicit adult content: soft in moderated, unchanged in private chat ----------------------
     ("explicit-beach", "a nude woman on a beach", EXPLICIT),
