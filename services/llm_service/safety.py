@@ -1,8 +1,9 @@
-"""A small, local explicit-terms check for captions and moderated expansions.
+"""Explicit-term checks for captions and moderated expansions.
 
-The project's policy module (``shared.policy``) is written in parallel; everything here goes through
-``is_caption_safe`` and ``redact_explicit`` so they can later delegate to it without touching callers.
-Matching runs on NFKC + case-folded text and on word boundaries, so "Scunthorpe" or "therapist" pass.
+The word lists are ``shared.policy_terms``'s; ``is_caption_safe`` also asks ``shared.policy`` (which sees
+through leetspeak and look-alike letters). ``redact_explicit`` removes words rather than judging a text, which
+the policy module does not do. Matching runs on NFKC + case-folded text and on word boundaries, so
+"Scunthorpe" or "therapist" pass.
 """
 
 from __future__ import annotations
@@ -10,44 +11,13 @@ from __future__ import annotations
 import re
 import unicodedata
 
-# Deliberately short: a second line of defence after the system prompt, not the policy engine.
-_EXPLICIT_TERMS = (
-    "nude",
-    "nudes",
-    "nudity",
-    "naked",
-    "topless",
-    "bottomless",
-    "porn",
-    "porno",
-    "pornographic",
-    "nsfw",
-    "xxx",
-    "sex",
-    "sexual",
-    "sexy",
-    "orgasm",
-    "erotic",
-    "genitals",
-    "genitalia",
-    "penis",
-    "vagina",
-    "nipple",
-    "nipples",
-    "boobs",
-    "tits",
-    "cum",
-    "fetish",
-    "bdsm",
-    "undressed",
-    "lingerie",
-    "stripper",
-    "blowjob",
-    "handjob",
-    "masturbate",
-    "masturbating",
-    "rape",
-    "horny",
+from shared.policy import sanitize_general
+from shared.policy_terms import EXPLICIT_TERMS, SEXUAL_ACT_TERMS, SEXUAL_VIOLENCE_TERMS, SEXUALIZING_TERMS
+
+# One source of words: the project's policy lists. A caption is held to more than the soft block: words
+# that only sexualise ("sexy", "lingerie") are not allowed in a caption either.
+_EXPLICIT_TERMS = sorted(
+    {*EXPLICIT_TERMS, *SEXUALIZING_TERMS, *SEXUAL_ACT_TERMS, *SEXUAL_VIOLENCE_TERMS}, key=len, reverse=True
 )
 _PATTERN = re.compile(r"(?<![a-z0-9])(?:" + "|".join(map(re.escape, _EXPLICIT_TERMS)) + r")(?![a-z0-9])")
 # "no nudity" is our own safety clause, not a request for nudity.
@@ -66,7 +36,11 @@ def explicit_terms(text: str) -> list[str]:
 
 
 def is_caption_safe(text: str) -> bool:
-    return not explicit_terms(text)
+    """No explicit or sexualising word, and nothing the policy would block or soften (obfuscations too)."""
+    if explicit_terms(text):
+        return False
+    decision = sanitize_general(text)
+    return not decision.blocked and not decision.soft_blocked
 
 
 def redact_explicit(text: str) -> str:
