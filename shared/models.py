@@ -243,7 +243,7 @@ class ProfileCreateResponse(OpenModel):
 
 
 class HealthResponse(OpenModel):
-    status: Literal["ok", "loading", "error"]
+    status: Literal["ok", "loading", "error", "degraded"]
     service: str
     detail: str | None = None
     model: str | None = None

@@ -12,6 +12,7 @@ with 503 at once rather than parked.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import math
 import time
@@ -30,6 +31,9 @@ Work = Callable[[], Awaitable[Any]]
 class QueueItem:
     work: Work
     future: asyncio.Future[Any]
+    # The submitter's context (request id and the like): consumers are long-lived tasks whose own context
+    # is the lifespan's, so the work must run in the context of the request it belongs to.
+    context: contextvars.Context = field(default_factory=contextvars.copy_context)
     enqueued: float = field(default_factory=time.monotonic)
     task: asyncio.Task[Any] | None = None
 
@@ -172,7 +176,7 @@ class BoundedQueue:
             self._in_flight += 1
             self.metrics.in_flight.labels(self.name).set(self._in_flight)
             started = time.monotonic()
-            item.task = asyncio.ensure_future(item.work())
+            item.task = asyncio.get_running_loop().create_task(item.work(), context=item.context)
             try:
                 result = await item.task
             except asyncio.CancelledError:

@@ -190,3 +190,24 @@ def test_errors_reach_the_caller_and_the_consumer_survives() -> None:
     (err,), ok = run(scenario)
     assert isinstance(err, ValueError)
     assert ok == "fine"
+
+
+def test_work_runs_in_the_submitters_context() -> None:
+    """Consumers are long-lived tasks; the request id of the submitter must still be visible to the work."""
+    from shared.request_context import get_request_id, reset_request_id, set_request_id
+
+    async def scenario() -> list[str | None]:
+        q = make_queue(capacity=5, consumers=1)
+
+        async def work() -> str | None:
+            return get_request_id()
+
+        seen = []
+        for rid in ("req-a", "req-b"):
+            token = set_request_id(rid)
+            seen.append(await q.submit(work))
+            reset_request_id(token)
+        await q.close()
+        return seen
+
+    assert run(scenario) == ["req-a", "req-b"]

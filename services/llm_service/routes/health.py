@@ -11,8 +11,14 @@ router = APIRouter(tags=["health"])
 
 @router.get("/healthz", response_model=HealthResponse)
 async def healthz(engine: EngineDep) -> JSONResponse:
-    """200 when the model answers (loaded in-process, or the vLLM server serves our model); 503 otherwise."""
+    """200 when the model answers (loaded in-process, or the vLLM server serves our model); 503 otherwise.
+
+    One exception: with the template fallback on, a model that failed is "degraded" and 200, because the
+    service does answer (labelled templates) and the interface only routes to workers whose /healthz is 200.
+    """
     state, detail = await engine.health()
+    if state == "error" and engine.settings.template_fallback:
+        state = "degraded"
     backend = engine.backend
     body = HealthResponse(
         status=state,
@@ -24,4 +30,4 @@ async def healthz(engine: EngineDep) -> JSONResponse:
     ).model_dump()
     body["backend"] = backend.name
     body["template_fallback"] = engine.settings.template_fallback
-    return JSONResponse(body, status_code=200 if state == "ok" else 503)
+    return JSONResponse(body, status_code=200 if state in ("ok", "degraded") else 503)
