@@ -6,11 +6,13 @@ behaviour at the edge (401, 413, error shape, X-Request-ID) is one piece of code
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -198,8 +200,32 @@ def build_app(
     return app
 
 
-async def lifespan_noop(_: FastAPI) -> AsyncIterator[None]:
-    yield
+def loading_in_background(
+    start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]], name: str
+) -> Lifespan:
+    """A lifespan that loads the model in a background task and serves at once.
+
+    Serving during the load lets /healthz answer 503 "loading" while a multi-GB model comes up, instead of
+    refusing connections; ``start`` must record its own failure rather than raise.
+    """
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        loader = asyncio.create_task(start(), name=name)
+        try:
+            yield
+        finally:
+            loader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loader
+            await stop()
+
+    return lifespan
+
+
+def internal_keys(token: SecretStr | None) -> list[SecretStr]:
+    """The keys a worker accepts: the internal token when one is configured, else none (open)."""
+    return [token] if token else []
 
 
 def get_state(request: Request, name: str) -> Any:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI
@@ -14,7 +12,7 @@ from services.image_worker.routes import generate, health
 from services.image_worker.settings import ImageSettings, Role
 from shared.logging_config import configure_logging
 from shared.metrics import ServiceMetrics
-from shared.service import build_app
+from shared.service import build_app, internal_keys, loading_in_background
 
 VERSION = "0.1.0"
 
@@ -28,17 +26,8 @@ def create_app(settings: ImageSettings | None = None, *, role: Role | None = Non
     metrics = ServiceMetrics(f"image_{settings.role}")
     engine = ImageEngine(settings, metrics)
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Load in the background so /healthz can answer 503 "loading" while a 12 GB model comes up.
-        loader = asyncio.create_task(engine.start(), name="image-engine-load")
-        try:
-            yield
-        finally:
-            loader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await loader
-            await engine.stop()
+    # Load in the background so /healthz answers 503 "loading" while a multi-GB model comes up.
+    lifespan = loading_in_background(engine.start, engine.stop, name="image-engine-load")
 
     app = build_app(
         title=f"img_pod image worker ({settings.role})",
@@ -46,7 +35,7 @@ def create_app(settings: ImageSettings | None = None, *, role: Role | None = Non
         lifespan=lifespan,
         routers=[health.router, generate.build_router(settings.role)],
         metrics=metrics,
-        keys=[settings.internal_token] if settings.internal_token else [],
+        keys=internal_keys(settings.internal_token),
         max_body_bytes=settings.max_body_bytes,
     )
     app.state.settings = settings

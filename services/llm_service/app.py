@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator
-
 from fastapi import FastAPI
 
 from services.llm_service.engine import LlmEngine
@@ -13,7 +9,7 @@ from services.llm_service.routes import chat, health, openai
 from services.llm_service.settings import LlmSettings
 from shared.logging_config import configure_logging
 from shared.metrics import ServiceMetrics
-from shared.service import build_app
+from shared.service import build_app, internal_keys, loading_in_background
 
 VERSION = "0.1.0"
 
@@ -24,17 +20,8 @@ def create_app(settings: LlmSettings | None = None) -> FastAPI:
     metrics = ServiceMetrics("llm_service")
     engine = LlmEngine(settings, metrics)
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Load in the background so /healthz answers 503 "loading" while a 15 GB model comes up.
-        loader = asyncio.create_task(engine.start(), name="llm-load")
-        try:
-            yield
-        finally:
-            loader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await loader
-            await engine.stop()
+    # Load in the background so /healthz answers 503 "loading" while a multi-GB model comes up.
+    lifespan = loading_in_background(engine.start, engine.stop, name="llm-load")
 
     app = build_app(
         title="img_pod LLM service",
@@ -42,7 +29,7 @@ def create_app(settings: LlmSettings | None = None) -> FastAPI:
         lifespan=lifespan,
         routers=[health.router, chat.router, openai.router],
         metrics=metrics,
-        keys=[settings.internal_token] if settings.internal_token else [],
+        keys=internal_keys(settings.internal_token),
         max_body_bytes=settings.max_body_bytes,
     )
     app.state.settings = settings

@@ -17,7 +17,7 @@ from services.selfie_feature_worker.settings import SelfieSettings
 from services.selfie_feature_worker.vlm import QwenVlDescriber
 from shared.logging_config import configure_logging
 from shared.metrics import ServiceMetrics
-from shared.service import build_app
+from shared.service import build_app, internal_keys
 
 SERVICE = "selfie_feature_worker"
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ def create_app(settings: SelfieSettings | None = None) -> FastAPI:
         lifespan=lifespan,
         routers=[health.router, analyze.router],
         metrics=metrics,
-        keys=[settings.internal_token] if settings.internal_token else [],
+        keys=internal_keys(settings.internal_token),
         max_body_bytes=settings.max_body_bytes,
     )
     app.state.settings = settings
