@@ -150,3 +150,25 @@ def test_burst_over_capacity_gets_429_and_no_5xx(two_workers: list[ServiceProces
                 assert r.json()["code"] == "overloaded"
         metrics = httpx.get(api.url + "/metrics").text
         assert 'imgpod_queue_rejected_total{queue="text2img",reason="full"}' in metrics
+
+
+def test_client_disconnect_drops_its_queued_item(two_workers: list[ServiceProcess]) -> None:
+    worker = two_workers[1]
+    env = interface_env(INTERFACE_TEXT2IMG_WORKER_URLS=worker.url, INTERFACE_PER_WORKER_CONCURRENCY="1")
+    with ServiceProcess("services.interface.main", env=env) as api:
+        slow = {"prompt": "a slow harbour at night", "width": 512, "height": 512, "steps": 50}
+        before = served(worker)
+
+        async def scenario() -> int:
+            async with httpx.AsyncClient(timeout=120) as client:
+                running = asyncio.create_task(client.post(api.url + "/v1/imagegen", json=slow))
+                await asyncio.sleep(0.3)  # the slow one holds the only consumer
+                with pytest.raises(httpx.ReadTimeout):
+                    # This one waits in the queue; the client gives up and closes its connection.
+                    await client.post(api.url + "/v1/imagegen", json={"prompt": "never drawn"}, timeout=0.5)
+                return (await running).status_code
+
+        assert asyncio.run(scenario()) == 200
+        time.sleep(1.0)  # had the dropped item run, it would have reached the worker by now
+        assert served(worker) - before == 1
+        assert httpx.get(api.url + "/healthz").json()["queues"]["text2img"]["depth"] == 0
