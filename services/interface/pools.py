@@ -33,6 +33,8 @@ class Worker:
     consecutive_failures: int = 0
     ejected_until: float = 0.0
     in_flight: int = 0
+    # What the worker says it can run at once (image workers: devices x max batch, on /healthz).
+    advertised: int | None = None
 
     def available(self, now: float) -> bool:
         return self.healthy and now >= self.ejected_until
@@ -40,6 +42,7 @@ class Worker:
 
 @dataclass(frozen=True, slots=True)
 class PoolConfig:
+    # Calls in flight per worker: the worker's advertised concurrency, never more than this bound.
     per_worker_concurrency: int = 1
     eject_after: int = 3
     cooldown_s: float = 10.0
@@ -78,7 +81,9 @@ class WorkerPool:
 
     @property
     def capacity(self) -> int:
-        return self.healthy_count * self.config.per_worker_concurrency
+        now = time.monotonic()
+        bound = self.config.per_worker_concurrency
+        return sum(min(w.advertised or bound, bound) for w in self.workers if w.available(now))
 
     def on_change(self, listener: Callable[[int], None]) -> None:
         """``listener(capacity)`` runs whenever the number of usable workers may have changed."""
@@ -199,6 +204,8 @@ class WorkerPool:
             ok = resp.status_code == 200
         except httpx.HTTPError:
             ok = False
+        if ok:
+            worker.advertised = _advertised_concurrency(resp)
         if ok and not worker.healthy:
             worker.consecutive_failures = 0
             log.info("worker healthy", extra={"pool": self.name})
@@ -234,3 +241,13 @@ def pool_metrics(metrics: ServiceMetrics) -> dict[str, Any]:
         ),
         "latency": metrics.histogram("imgpod_stage_seconds", "Upstream call latency per stage", ("stage",)),
     }
+
+
+def _advertised_concurrency(resp: httpx.Response) -> int | None:
+    """Devices x max batch from an image worker's /healthz, so queues grow with what it can batch."""
+    try:
+        body = resp.json()
+        concurrency, max_batch = int(body["concurrency"]), int(body.get("max_batch", 1))
+    except (ValueError, KeyError, TypeError):
+        return None
+    return concurrency * max_batch if concurrency > 0 and max_batch > 0 else None

@@ -42,7 +42,9 @@ class InterfaceSettings(ServiceSettings):
     # Per endpoint, e.g. INTERFACE_QUEUE_OVERRIDES='{"profile": {"capacity": 8, "sla_ms": 120000}}'.
     queue_overrides: dict[str, QueueLimits] = Field(default_factory=dict)
     retry_after_cap_ms: float = Field(30_000, gt=0)
-    per_worker_concurrency: int = Field(2, ge=1)
+    # Image workers advertise devices x max batch on /healthz; this bounds it (and applies when they do not).
+    per_worker_concurrency: int = Field(8, ge=1)
+    selfie_concurrency: int = Field(2, ge=1)
     llm_concurrency: int = Field(4, ge=1)
 
     health_interval_s: float = Field(2.0, gt=0)

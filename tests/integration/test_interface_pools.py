@@ -172,3 +172,16 @@ def test_client_disconnect_drops_its_queued_item(two_workers: list[ServiceProces
         time.sleep(1.0)  # had the dropped item run, it would have reached the worker by now
         assert served(worker) - before == 1
         assert httpx.get(api.url + "/healthz").json()["queues"]["text2img"]["depth"] == 0
+
+
+def test_queue_consumers_follow_what_workers_advertise(two_workers: list[ServiceProcess]) -> None:
+    """Each image worker advertises devices x max batch (1 x 4) on /healthz; the setting only bounds it."""
+    urls = ",".join(w.url for w in two_workers)
+    for bound, expected in ((None, 8), ("3", 6)):
+        extra = {"INTERFACE_TEXT2IMG_WORKER_URLS": urls}
+        if bound:
+            extra["INTERFACE_PER_WORKER_CONCURRENCY"] = bound
+        with ServiceProcess("services.interface.main", env=interface_env(**extra)) as api:
+            queues = httpx.get(api.url + "/healthz").json()["queues"]
+            assert queues["text2img"]["consumers"] == expected
+            assert queues["profile"]["consumers"] == 0
