@@ -54,6 +54,10 @@ mkdir -p "$run_dir" "$log_dir"
 if [ "${IMG_POD_SKIP_INSTALL:-0}" != 1 ]; then
   python_bin=${PYTHON:-python3.11}
   command -v "$python_bin" >/dev/null 2>&1 || python_bin=python3
+  if ! "$python_bin" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    echo "img_pod needs Python >= 3.11; $python_bin is $("$python_bin" --version 2>&1). Set PYTHON=..." >&2
+    exit 1
+  fi
   [ -x "$venv/bin/python" ] || "$python_bin" -m venv "$venv"
   read -r -a req_files <<<"$(service_requirements "$name")"
   stamp="$venv/.img_pod-$name.sha256"
