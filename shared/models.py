@@ -94,13 +94,20 @@ class AnalyzeResponse(OpenModel):
 # --- image generation ------------------------------------------------------------------------------------
 
 
-class GenerateRequest(StrictModel):
+class ImageGenRequest(StrictModel):
+    """Text to image as clients ask for it (the interface's /v1/imagegen and private imagegen)."""
+
     prompt: NonEmptyPrompt
     negative_prompt: Annotated[str, Field(max_length=MAX_PROMPT_CHARS)] | None = None
     seed: Seed | None = None
     width: Side | None = None
     height: Side | None = None
     steps: Annotated[int, Field(ge=1, le=50)] | None = None
+
+
+class GenerateRequest(ImageGenRequest):
+    """What an image worker takes: the client's fields plus the knobs only the stack sets."""
+
     guidance_scale: Annotated[float, Field(ge=0.0, le=20.0)] | None = None
     output_format: ImageFormat = "png"
 
@@ -210,15 +217,6 @@ class ChatImageResponse(OpenModel):
     source: Source
     caption_source: Source = "model"
     timings_ms: Timings = Field(default_factory=dict)
-
-
-class ImageGenRequest(StrictModel):
-    prompt: NonEmptyPrompt
-    negative_prompt: Annotated[str, Field(max_length=MAX_PROMPT_CHARS)] | None = None
-    seed: Seed | None = None
-    width: Side | None = None
-    height: Side | None = None
-    steps: Annotated[int, Field(ge=1, le=50)] | None = None
 
 
 class ImageGenResponse(OpenModel):
