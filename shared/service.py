@@ -53,11 +53,13 @@ class EdgeMiddleware:
         public_paths: Iterable[str],
         max_body_bytes: int,
         metrics: ServiceMetrics,
+        max_json_bytes: int | None = None,
     ) -> None:
         self.app = app
         self.key_digests = [_digest(k.get_secret_value()) for k in keys]
         self.public_paths = frozenset(public_paths)
         self.max_body_bytes = max_body_bytes
+        self.max_json_bytes = max_json_bytes or max_body_bytes
         self.metrics = metrics
 
     def _authorised(self, headers: dict[bytes, bytes]) -> bool:
@@ -108,13 +110,15 @@ class EdgeMiddleware:
                     extra=[(b"www-authenticate", b"Bearer")],
                 )
                 return
+            # Only uploads (multipart) get the large limit: no valid JSON request here comes near a megabyte.
+            multipart = headers.get(b"content-type", b"").startswith(b"multipart/")
+            limit = self.max_body_bytes if multipart else min(self.max_body_bytes, self.max_json_bytes)
             declared = headers.get(b"content-length")
-            if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            if declared is not None and declared.isdigit() and int(declared) > limit:
                 await _send_json(
                     send_wrapper,
                     413,
-                    b'{"detail":"request body is larger than %d bytes","code":"payload_too_large"}'
-                    % self.max_body_bytes,
+                    b'{"detail":"request body is larger than %d bytes","code":"payload_too_large"}' % limit,
                 )
                 return
             received = 0
@@ -124,8 +128,8 @@ class EdgeMiddleware:
                 message = await receive()
                 if message["type"] == "http.request":
                     received += len(message.get("body", b""))
-                    if received > self.max_body_bytes:
-                        raise PayloadTooLarge(f"request body is larger than {self.max_body_bytes} bytes")
+                    if received > limit:
+                        raise PayloadTooLarge(f"request body is larger than {limit} bytes")
                 return message
 
             await self.app(scope, limited_receive, send_wrapper)
@@ -169,6 +173,7 @@ def build_app(
     metrics: ServiceMetrics,
     keys: Sequence[SecretStr],
     max_body_bytes: int,
+    max_json_bytes: int | None = None,
     public_paths: Iterable[str] = ("/healthz",),
     docs: bool = False,
 ) -> FastAPI:
@@ -195,6 +200,7 @@ def build_app(
         keys=list(keys),
         public_paths=public_paths,
         max_body_bytes=max_body_bytes,
+        max_json_bytes=max_json_bytes,
         metrics=metrics,
     )
     return app

@@ -98,6 +98,8 @@ class ServiceSettings(BaseSettings):
     # Workers and the LLM demand it on every route but /healthz; the interface sends it on every call.
     internal_token: SecretStr | None = None
     max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024)
+    # Non-multipart bodies (JSON): the largest valid request (50 history turns) is about 100 kB.
+    max_json_bytes: int = Field(1024 * 1024, ge=1024)
 
     @field_validator("internal_token")
     @classmethod

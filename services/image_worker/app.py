@@ -37,6 +37,7 @@ def create_app(settings: ImageSettings | None = None, *, role: Role | None = Non
         metrics=metrics,
         keys=internal_keys(settings.internal_token),
         max_body_bytes=settings.max_body_bytes,
+        max_json_bytes=settings.max_json_bytes,
     )
     app.state.settings = settings
     app.state.engine = engine

@@ -93,6 +93,7 @@ def create_app(settings: InterfaceSettings | None = None) -> FastAPI:
         metrics=metrics,
         keys=settings.api_keys,
         max_body_bytes=settings.max_body_bytes,
+        max_json_bytes=settings.max_json_bytes,
         public_paths=PUBLIC_PATHS,
         docs=True,
     )

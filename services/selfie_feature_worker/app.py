@@ -89,6 +89,7 @@ def create_app(settings: SelfieSettings | None = None) -> FastAPI:
         metrics=metrics,
         keys=internal_keys(settings.internal_token),
         max_body_bytes=settings.max_body_bytes,
+        max_json_bytes=settings.max_json_bytes,
     )
     app.state.settings = settings
     app.state.service = SERVICE

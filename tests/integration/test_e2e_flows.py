@@ -116,6 +116,16 @@ def test_profile_create_from_a_real_selfie(stack: dict[str, ServiceProcess]) -> 
     assert resp.headers["X-Request-ID"]
 
 
+def test_uploads_get_the_large_limit_and_json_the_small_one(stack: dict[str, ServiceProcess]) -> None:
+    big_png = encode(astronaut().resize((1024, 1024)), "PNG")
+    assert len(big_png) > 1024 * 1024  # over the JSON limit, under the upload limit
+    resp = post(stack, "/v1/profile/create", files={"file": ("big.png", big_png, "image/png")})
+    assert resp.status_code == 200, resp.text
+    too_big = post(stack, "/v1/imagegen", content=b'{"prompt": "' + b"x" * (2 * 1024 * 1024) + b'"}')
+    assert too_big.status_code == 413
+    assert too_big.json()["code"] == "payload_too_large"
+
+
 def test_profile_create_refuses_a_non_image_at_the_edge(stack: dict[str, ServiceProcess]) -> None:
     before = served(stack["profile"])
     resp = post(stack, "/v1/profile/create", files={"file": ("x.jpg", b"not an image at all", "image/jpeg")})
