@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from typing import Any
@@ -38,13 +39,28 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False)
 
 
+def quiet_progress_bars() -> None:
+    """Turn off the hub/transformers/diffusers progress bars: tqdm lines would break the JSON-lines log.
+
+    transformers and huggingface_hub read the variable at import; diffusers (and anything imported before
+    this runs) must be told directly, so loaders call this again right after importing them.
+    """
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    for module in ("transformers.utils.logging", "diffusers.utils.logging"):
+        if module in sys.modules:
+            sys.modules[module].disable_progress_bar()
+
+
 def configure_logging(service: str, level: str = "info") -> None:
     """Replace root handlers with one JSON handler on stderr; uvicorn's loggers go through it too."""
+    quiet_progress_bars()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(service))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Library warnings (deprecations and the like) would otherwise print raw lines to stderr.
+    logging.captureWarnings(True)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         lg = logging.getLogger(name)
         lg.handlers[:] = []

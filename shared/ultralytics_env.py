@@ -9,6 +9,9 @@ auto-install on, a pip run), so the original ``Image.open`` is put back.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -28,9 +31,19 @@ def import_yolo(config_dir: Path | None = None) -> Any:
     from PIL import Image
 
     original_open = Image.open
-    import ultralytics.utils.patches as patches
-    from ultralytics import YOLO
+    # Its first import prints (settings file creation) through a stdout handler it makes on the spot.
+    captured = io.StringIO()
+    with contextlib.redirect_stdout(captured):
+        import ultralytics.utils.patches as patches
+        from ultralytics import YOLO
 
     # The first import patched it; a later call finds it patched already: patches kept the original.
     Image.open = getattr(patches, "_image_open", original_open)
+    # ultralytics logs to stdout through its own handler; send it through ours, so logs stay JSON lines.
+    yolo_log = logging.getLogger("ultralytics")
+    yolo_log.handlers.clear()
+    yolo_log.propagate = True
+    for line in captured.getvalue().splitlines():
+        if line.strip():
+            yolo_log.info(line.strip())
     return YOLO

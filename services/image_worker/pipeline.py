@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from services.image_worker.devices import resolve_dtype
+from shared.logging_config import quiet_progress_bars
 
 log = logging.getLogger(__name__)
 _TOKEN_BUCKET = 64
@@ -67,6 +68,8 @@ class DevicePipeline:
 
     def load(self, *, attention_backend: str | None = None, compile_transformer: bool = False) -> None:
         from diffusers import ZImagePipeline
+
+        quiet_progress_bars()
 
         if looks_like_local_path(self.model_id) and not Path(self.model_id).expanduser().is_dir():
             raise ModelLoadError(f"model path {self.model_id} does not exist")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from shared.logging_config import quiet_progress_bars
 from shared.tiny_models.build import BUILDERS, build_all
 
 
@@ -20,10 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="rebuild even if already present")
     args = parser.parse_args(argv)
     # Saving a few-MB model needs no progress bars in every script's output.
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
+    quiet_progress_bars()
     started = time.perf_counter()
     paths = build_all(args.out, only=args.only, force=args.force, log=_log)
     _log(f"built in {time.perf_counter() - started:.1f}s")

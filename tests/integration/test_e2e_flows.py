@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -311,3 +312,20 @@ def test_bad_input_is_422(stack: dict[str, ServiceProcess], path: str, payload: 
     resp = post(stack, path, json=payload)
     assert resp.status_code == 422
     assert resp.json()["code"] == "validation_error"
+
+
+def test_every_service_logs_json_lines(stack: dict[str, ServiceProcess]) -> None:
+    """One JSON object per line in every service's log, so a request id can be grepped across pods."""
+    post(stack, "/v1/chat/1to1/reply", json={"message": "hello", "persona": PERSONA})
+    post(stack, "/v1/chat/private/imagegen", json={"prompt": "a teapot"})
+    for name, proc in stack.items():
+        lines = [line for line in proc.logs().splitlines() if line.strip()]
+        assert lines, name
+        not_json = [line for line in lines if not line.startswith("{")]
+        assert not not_json, f"{name}: {not_json[:3]}"
+        records = [json.loads(line) for line in lines]
+        assert all(isinstance(r, dict) and r.get("service") for r in records), name
+        access = [r for r in records if r.get("logger") == "imgpod.access"]
+        assert all(r.get("request_id") for r in access), name
+        if name in ("interface", "llm", "chat1to1"):
+            assert access, name
