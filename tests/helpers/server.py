@@ -5,12 +5,14 @@ Modelled on vLLM's ``RemoteOpenAIServer``: the test talks to the service over HT
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -106,6 +108,8 @@ class ServiceProcess:
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
+            # A test may have frozen it (SIGSTOP); a stopped process would never see the SIGINT.
+            self.proc.send_signal(signal.SIGCONT)
             self.proc.send_signal(signal.SIGINT)
             try:
                 self.proc.wait(SHUTDOWN_TIMEOUT_S)
@@ -122,3 +126,20 @@ class ServiceProcess:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def all_running(procs: Iterable[ServiceProcess]) -> Iterator[None]:
+    """Start every process first, then wait for each, so imports and model loads overlap instead of adding
+    up; every one is stopped on exit, also when one of them never comes up."""
+    procs = list(procs)
+    try:
+        for proc in procs:
+            proc.wait_healthy = False
+            proc.start()
+        for proc in procs:
+            proc.wait_for_health(proc.expect_status)
+        yield
+    finally:
+        for proc in procs:
+            proc.stop()

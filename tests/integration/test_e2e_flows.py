@@ -6,18 +6,16 @@ plus the tiny Qwen2-VL), and the four image workers on the tiny Z-Image. No fake
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from PIL import Image
 
+from shared.images import decode_base64_image as image_of
 from tests.helpers.photos import astronaut, encode
-from tests.helpers.server import ServiceProcess
+from tests.helpers.server import ServiceProcess, all_running
 from tests.integration.test_image_workers import image_env
 from tests.integration.test_interface_pools import served
 
@@ -68,11 +66,7 @@ def stack(
     for role in IMAGE_ROLES:
         env = image_env(tiny_models["zimage"], IMAGE_INTERNAL_TOKEN=TOKEN)
         procs[role] = ServiceProcess(f"services.{role}_worker.main", env=env, wait_healthy=False)
-    try:
-        for p in procs.values():
-            p.start()
-        for p in procs.values():
-            p.wait_for_health()
+    with all_running(procs.values()):
         interface_env = {
             "INTERFACE_INTERNAL_TOKEN": TOKEN,
             "INTERFACE_API_KEYS": f"other-key,{API_KEY}",
@@ -84,17 +78,9 @@ def stack(
             "INTERFACE_SCENES_WORKER_URLS": procs["scenes"].url,
             "INTERFACE_TEXT2IMG_WORKER_URLS": f"{procs['chat1to1'].url},{procs['scenes'].url}",
         }
-        procs["interface"] = ServiceProcess("services.interface.main", env=interface_env).start()
-        yield procs
-    finally:
-        for p in procs.values():
-            p.stop()
-
-
-def image_of(b64: str) -> Image.Image:
-    img = Image.open(io.BytesIO(base64.b64decode(b64)))
-    img.load()
-    return img
+        with ServiceProcess("services.interface.main", env=interface_env) as api:
+            procs["interface"] = api
+            yield procs
 
 
 def post(stack: dict[str, ServiceProcess], path: str, **kwargs: object) -> httpx.Response:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import io
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,9 +10,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
 
-from tests.helpers.server import ServiceProcess
+from shared.images import decode_base64_image as decode
+from tests.helpers.server import ServiceProcess, all_running
 
 pytestmark = pytest.mark.integration
 
@@ -41,12 +39,6 @@ def image_env(model_dir: Path, **extra: str) -> dict[str, str]:
     }
 
 
-def decode(b64: str) -> Image.Image:
-    img = Image.open(io.BytesIO(base64.b64decode(b64)))
-    img.load()
-    return img
-
-
 def body_for(role: str, **extra: object) -> dict[str, object]:
     if role == "profile":
         return {"features": FEATURES, **extra}
@@ -55,21 +47,10 @@ def body_for(role: str, **extra: object) -> dict[str, object]:
 
 @pytest.fixture(scope="module")
 def workers(tiny_models: dict[str, Path]) -> Iterator[dict[str, ServiceProcess]]:
-    procs = {
-        role: ServiceProcess(
-            f"services.{role}_worker.main", env=image_env(tiny_models["zimage"]), wait_healthy=False
-        )
-        for role in ROLES
-    }
-    try:
-        for proc in procs.values():
-            proc.start()
-        for proc in procs.values():
-            proc.wait_for_health()
+    env = image_env(tiny_models["zimage"])
+    procs = {role: ServiceProcess(f"services.{role}_worker.main", env=env) for role in ROLES}
+    with all_running(procs.values()):
         yield procs
-    finally:
-        for proc in procs.values():
-            proc.stop()
 
 
 @pytest.mark.parametrize("role", list(ROLES))

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers.server import ServiceProcess
+from tests.helpers.server import ServiceProcess, all_running
 from tests.integration.test_image_workers import TOKEN, image_env
 
 pytestmark = pytest.mark.integration
@@ -54,12 +54,10 @@ def pool_healthy(interface: ServiceProcess, pool: str) -> int:
 @pytest.fixture(scope="module")
 def two_workers(tiny_models: dict[str, Path]) -> Iterator[list[ServiceProcess]]:
     env = image_env(tiny_models["zimage"])
-    procs = [ServiceProcess("services.image_worker.main", env=env, wait_healthy=False) for _ in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.wait_for_health()
-    yield procs
+    procs = [ServiceProcess("services.image_worker.main", env=env) for _ in range(2)]
+    with all_running(procs):
+        yield procs
+    # A test replaces a killed worker in the list; all_running stopped the ones it started.
     for p in procs:
         p.stop()
 
@@ -95,15 +93,13 @@ def test_round_robin_ejection_and_return(
         revived = ServiceProcess(
             "services.image_worker.main", env=image_env(tiny_models["zimage"]), port=w1.port
         )
-        revived.start()
+        # Into the fixture's list: later tests use both workers, and the fixture stops it at the end.
         two_workers[0] = revived
-        try:
-            wait_until(lambda: pool_healthy(api, "text2img") == 2)
-            for i in range(4):
-                httpx.post(api.url + "/v1/imagegen", json={"prompt": "a boat", "seed": i}, timeout=60)
-            assert served(revived) == 2
-        finally:
-            pass
+        revived.start()
+        wait_until(lambda: pool_healthy(api, "text2img") == 2)
+        for i in range(4):
+            httpx.post(api.url + "/v1/imagegen", json={"prompt": "a boat", "seed": i}, timeout=60)
+        assert served(revived) == 2
 
 
 def test_no_healthy_worker_is_503_naming_the_pool() -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers.server import ServiceProcess, free_port
+from tests.helpers.server import ServiceProcess, all_running, free_port
 from tests.integration.test_image_workers import image_env
 from tests.integration.test_interface_pools import interface_env, pool_healthy, served, wait_until
 
@@ -39,17 +39,8 @@ def workers(tiny_models: dict[str, Path]) -> Iterator[dict[str, ServiceProcess]]
         for name in ("healthy", "victim", "stalled")
     }
     procs["faulty"] = ServiceProcess("tests.helpers.faulty_worker", wait_healthy=False)
-    try:
-        for proc in procs.values():
-            proc.start()
-        for proc in procs.values():
-            proc.wait_for_health()
+    with all_running(procs.values()):
         yield procs
-    finally:
-        for proc in procs.values():
-            if proc.proc is not None and proc.proc.poll() is None:
-                os.kill(proc.proc.pid, signal.SIGCONT)
-            proc.stop()
 
 
 def imagegen(api: ServiceProcess, seed: int, timeout: float = 30.0) -> tuple[httpx.Response, float]:
