@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI
 from fastapi.responses import Response
 from pydantic import SecretStr
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -232,7 +232,3 @@ def loading_in_background(
 def internal_keys(token: SecretStr | None) -> list[SecretStr]:
     """The keys a worker accepts: the internal token when one is configured, else none (open)."""
     return [token] if token else []
-
-
-def get_state(request: Request, name: str) -> Any:
-    return getattr(request.app.state, name)

@@ -1,4 +1,4 @@
-"""Per-stage wall-clock timings that every flow returns as ``timings_ms``."""
+"""Per-stage wall-clock timings that the services return as ``timings_ms``."""
 
 from __future__ import annotations
 
@@ -8,8 +8,12 @@ from contextlib import contextmanager
 
 
 class StageTimer:
+    """Two ways to record a stage: ``with timer.stage(name)`` around a block, or ``timer.lap(name)`` for the
+    time since the previous lap (or the start), added up when a stage repeats (retries)."""
+
     def __init__(self) -> None:
         self._started = time.perf_counter()
+        self._mark = self._started
         self.ms: dict[str, float] = {}
 
     @contextmanager
@@ -19,6 +23,11 @@ class StageTimer:
             yield
         finally:
             self.ms[name] = round((time.perf_counter() - started) * 1000, 2)
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.ms[name] = round(self.ms.get(name, 0.0) + (now - self._mark) * 1000, 2)
+        self._mark = now
 
     def done(self) -> dict[str, float]:
         self.ms["total"] = round((time.perf_counter() - self._started) * 1000, 2)

@@ -9,7 +9,6 @@ from pydantic import BaseModel, ValidationError
 
 from services.interface.pools import WorkerPool
 from services.interface.settings import InterfaceSettings
-from services.interface.timings import StageTimer
 from shared.errors import ImgPodError, PolicyBlocked, UpstreamFailed
 from shared.models import (
     AnalyzeResponse,
@@ -25,6 +24,7 @@ from shared.models import (
     ReplyResponse,
 )
 from shared.policy import PolicyDecision, check_expanded_prompt, evaluate_private_chat, sanitize_general
+from shared.timings import StageTimer
 
 ChatKind = Literal["1to1", "shorts", "scenes"]
 M = TypeVar("M", bound=BaseModel)

@@ -45,28 +45,13 @@ from shared.models import (
     ReplyRequest,
     ReplyResponse,
 )
+from shared.timings import StageTimer
 
 log = logging.getLogger(__name__)
 
 State = Literal["loading", "ok", "error"]
 FALLBACK_ERRORS = (ModelUnavailable, UpstreamTimeout, UnusableModelOutput)
 TEMPLATE_MODEL = "template"
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.started = time.perf_counter()
-        self.timings: dict[str, float] = {}
-        self._mark = self.started
-
-    def lap(self, name: str) -> None:
-        now = time.perf_counter()
-        self.timings[name] = round(self.timings.get(name, 0.0) + (now - self._mark) * 1000, 2)
-        self._mark = now
-
-    def done(self) -> dict[str, float]:
-        self.timings["total"] = round((time.perf_counter() - self.started) * 1000, 2)
-        return self.timings
 
 
 class LlmEngine:
@@ -194,7 +179,7 @@ class LlmEngine:
 
     async def expand(self, kind: ExpandKind, req: ExpandRequest) -> ExpandResponse:
         route = f"expand_{kind}"
-        clock = _Clock()
+        clock = StageTimer()
         limit = self.settings.shorten_word_threshold
         too_long = word_count(req.message) > limit
         shortened: str | None = None
@@ -244,7 +229,7 @@ class LlmEngine:
 
     async def caption(self, req: CaptionRequest) -> CaptionResponse:
         route = "caption"
-        clock = _Clock()
+        clock = StageTimer()
         low, high = self.settings.caption_min_words, self.settings.caption_max_words
         messages = build_caption_messages(req.prompt, req.message, min_words=low, max_words=high)
         adjusted = False
@@ -299,7 +284,7 @@ class LlmEngine:
 
     async def reply(self, req: ReplyRequest) -> ReplyResponse:
         route = "reply"
-        clock = _Clock()
+        clock = StageTimer()
         self.require_ready()
         history = bound_history(req.history, self.settings.history_token_budget, self.backend.count_tokens)
         messages = build_reply_messages(req.persona, req.message, history)
