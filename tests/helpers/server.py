@@ -68,6 +68,14 @@ class ServiceProcess:
             "--port",
             str(self.port),
             "--no-access-log",
+            # As every launch script: the fast loop and parser by name, so a missing one fails loudly.
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            # The app drains on SIGTERM itself (shared/drain.py); this only bounds what is left after that.
+            "--timeout-graceful-shutdown",
+            "5",
         ]
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import httpx
 import pytest
 
 from tests.helpers.server import ServiceProcess, all_running
+from tests.helpers.waiting import WorkerGate, wait_until
 from tests.integration.test_image_workers import TOKEN, image_env
 
 pytestmark = pytest.mark.integration
@@ -38,22 +38,21 @@ def interface_env(**extra: str) -> dict[str, str]:
     }
 
 
-def wait_until(predicate, timeout_s: float = 30.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
-
-
 def pool_healthy(interface: ServiceProcess, pool: str) -> int:
     return int(httpx.get(interface.url + "/healthz").json()["pools"][pool]["healthy"])
 
 
+def queue_view(interface: ServiceProcess, queue: str) -> dict[str, int]:
+    return httpx.get(interface.url + "/healthz").json()["queues"][queue]
+
+
+def gate_of(worker: ServiceProcess) -> WorkerGate:
+    return WorkerGate(worker.url, TOKEN)
+
+
 @pytest.fixture(scope="module")
 def two_workers(tiny_models: dict[str, Path]) -> Iterator[list[ServiceProcess]]:
-    env = image_env(tiny_models["zimage"])
+    env = image_env(tiny_models["zimage"], IMAGE_TEST_HOOKS="1")
     procs = [ServiceProcess("services.image_worker.main", env=env) for _ in range(2)]
     with all_running(procs):
         yield procs
@@ -123,51 +122,67 @@ def test_burst_over_capacity_gets_429_and_no_5xx(two_workers: list[ServiceProces
         INTERFACE_PER_WORKER_CONCURRENCY="1",
         INTERFACE_QUEUE_OVERRIDES='{"text2img": {"capacity": 2, "sla_ms": 600000}}',
     )
-    with ServiceProcess("services.interface.main", env=env) as api:
-        # 256x256 with 20 steps takes a noticeable time on the tiny model: the one consumer stays busy.
-        body = {"prompt": "a slow harbour at night", "width": 256, "height": 256, "steps": 20}
+    with ServiceProcess("services.interface.main", env=env) as api, gate_of(worker).closed() as gate:
+        body = {"prompt": "a harbour at night"}
 
         async def burst() -> list[httpx.Response]:
             async with httpx.AsyncClient(timeout=120) as client:
-                return list(
-                    await asyncio.gather(
-                        *(client.post(api.url + "/v1/imagegen", json=body) for _ in range(10))
-                    )
-                )
+                # The first request holds the only consumer, parked in the worker until the gate opens.
+                first = asyncio.create_task(client.post(api.url + "/v1/imagegen", json=body))
+                await asyncio.to_thread(gate.wait_parked, 1)
+                rest = [
+                    asyncio.create_task(client.post(api.url + "/v1/imagegen", json=body)) for _ in range(9)
+                ]
+                # Two fit in the queue; the other seven are refused at once, while the gate is still shut.
+                await asyncio.to_thread(wait_until, lambda: sum(t.done() for t in rest) == 7)
+                assert queue_view(api, "text2img")["depth"] == 2
+                gate.open()
+                return [await first, *[await t for t in rest]]
 
         responses = asyncio.run(burst())
         codes = sorted(r.status_code for r in responses)
-        assert all(c in (200, 429) for c in codes), codes
-        assert 1 <= codes.count(200) <= 3
-        assert codes.count(429) >= 7
+        assert codes == [200] * 3 + [429] * 7, codes
         for r in responses:
             if r.status_code == 429:
                 assert int(r.headers["Retry-After"]) >= 1
                 assert r.json()["code"] == "overloaded"
         metrics = httpx.get(api.url + "/metrics").text
-        assert 'imgpod_queue_rejected_total{queue="text2img",reason="full"}' in metrics
+        assert 'imgpod_queue_rejected_total{queue="text2img",reason="full"} 7.0' in metrics
 
 
 def test_client_disconnect_drops_its_queued_item(two_workers: list[ServiceProcess]) -> None:
     worker = two_workers[1]
     env = interface_env(INTERFACE_TEXT2IMG_WORKER_URLS=worker.url, INTERFACE_PER_WORKER_CONCURRENCY="1")
-    with ServiceProcess("services.interface.main", env=env) as api:
-        slow = {"prompt": "a slow harbour at night", "width": 512, "height": 512, "steps": 50}
-        before = served(worker)
+    with ServiceProcess("services.interface.main", env=env) as api, gate_of(worker).closed() as gate:
+        arrived_before = gate.arrived()
 
         async def scenario() -> int:
             async with httpx.AsyncClient(timeout=120) as client:
-                running = asyncio.create_task(client.post(api.url + "/v1/imagegen", json=slow))
-                await asyncio.sleep(0.3)  # the slow one holds the only consumer
-                with pytest.raises(httpx.ReadTimeout):
-                    # This one waits in the queue; the client gives up and closes its connection.
-                    await client.post(api.url + "/v1/imagegen", json={"prompt": "never drawn"}, timeout=0.5)
+                running = asyncio.create_task(
+                    client.post(api.url + "/v1/imagegen", json={"prompt": "a boat"})
+                )
+                # The first request is parked in the worker: it holds the interface's only consumer.
+                await asyncio.to_thread(gate.wait_parked, 1)
+                queued = asyncio.create_task(
+                    client.post(api.url + "/v1/imagegen", json={"prompt": "never drawn"})
+                )
+                await asyncio.to_thread(wait_until, lambda: queue_view(api, "text2img")["depth"] == 1)
+                # The client of the queued request gives up and closes its connection.
+                queued.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await queued
+                await asyncio.to_thread(wait_until, lambda: queue_view(api, "text2img")["depth"] == 0)
+                gate.open()
                 return (await running).status_code
 
         assert asyncio.run(scenario()) == 200
-        time.sleep(1.0)  # had the dropped item run, it would have reached the worker by now
-        assert served(worker) - before == 1
-        assert httpx.get(api.url + "/healthz").json()["queues"]["text2img"]["depth"] == 0
+        wait_until(lambda: queue_view(api, "text2img")["in_flight"] == 0)
+        view = queue_view(api, "text2img")
+        assert (view["depth"], view["in_flight"]) == (0, 0)
+        # Only the first request ever reached the worker: the dropped one was never sent.
+        assert gate.arrived() - arrived_before == 1
+        metrics = httpx.get(api.url + "/metrics").text
+        assert 'imgpod_queue_admitted_total{queue="text2img"} 2.0' in metrics
 
 
 def test_queue_consumers_follow_what_workers_advertise(two_workers: list[ServiceProcess]) -> None:

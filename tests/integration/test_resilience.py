@@ -19,13 +19,12 @@ import httpx
 import pytest
 
 from tests.helpers.server import ServiceProcess, all_running, free_port
+from tests.helpers.waiting import wait_until
 from tests.integration.test_image_workers import image_env
-from tests.integration.test_interface_pools import interface_env, pool_healthy, served, wait_until
+from tests.integration.test_interface_pools import gate_of, interface_env, pool_healthy, served
 
 pytestmark = pytest.mark.integration
 
-# Seconds on the tiny model on CPU: long enough to kill the worker while it computes.
-SLOW_BODY = {"prompt": "a slow harbour at night", "width": 512, "height": 512, "steps": 50}
 # Connection-level outcomes a client may see while the interface is down or going down; a read timeout is
 # not among them: it would mean a request hung.
 CONNECTION_ERRORS = ("ConnectError", "RemoteProtocolError", "ReadError", "WriteError")
@@ -33,7 +32,7 @@ CONNECTION_ERRORS = ("ConnectError", "RemoteProtocolError", "ReadError", "WriteE
 
 @pytest.fixture(scope="module")
 def workers(tiny_models: dict[str, Path]) -> Iterator[dict[str, ServiceProcess]]:
-    env = image_env(tiny_models["zimage"])
+    env = image_env(tiny_models["zimage"], IMAGE_TEST_HOOKS="1")
     procs = {
         name: ServiceProcess("services.image_worker.main", env=env, wait_healthy=False)
         for name in ("healthy", "victim", "stalled")
@@ -67,19 +66,21 @@ def test_worker_killed_mid_request(workers: dict[str, ServiceProcess]) -> None:
         INTERFACE_TEXT2IMG_WORKER_URLS=f"{victim.url},{healthy.url}", INTERFACE_GENERATE_TIMEOUT_S="30"
     )
     with ServiceProcess("services.interface.main", env=env) as api, ThreadPoolExecutor(1) as pool:
-        # A fresh pool starts its rotation at the first URL: the slow call lands on the victim.
+        # A fresh pool starts its rotation at the first URL: the call lands on the victim and parks there.
+        gate = gate_of(victim)
+        gate.close()
         started = time.monotonic()
-        slow = pool.submit(httpx.post, api.url + "/v1/imagegen", json=SLOW_BODY, timeout=60)
-        wait_until(lambda: in_flight(api, "text2img") == 1, timeout_s=10)
-        time.sleep(0.3)
-        assert not slow.done(), f"the slow request finished before the kill: {slow.result().text[:300]}"
+        slow = pool.submit(httpx.post, api.url + "/v1/imagegen", json={"prompt": "a boat"}, timeout=60)
+        gate.wait_parked(1)
+        assert in_flight(api, "text2img") == 1
+        before = served(healthy)
         victim.kill()
         resp = slow.result(timeout=35)
         elapsed = time.monotonic() - started
-        assert resp.status_code in (502, 503, 504), resp.text
-        body = resp.json()
-        assert body["stage"] == "generate"
-        assert "generate" in body["detail"]
+        # The connection broke mid-call: the call (seed fixed by the interface) is re-sent to the healthy
+        # worker instead of failing the client.
+        assert resp.status_code == 200, resp.text
+        assert served(healthy) - before == 1
         assert elapsed < 30
         before = served(healthy)
         for seed in range(4):
@@ -94,8 +95,8 @@ def test_stalled_worker_times_out_and_is_ejected(workers: dict[str, ServiceProce
     stalled, healthy = workers["stalled"], workers["healthy"]
     env = interface_env(
         INTERFACE_TEXT2IMG_WORKER_URLS=f"{stalled.url},{healthy.url}",
-        # Short, yet with room for a one-step 64x64 image on a busy 2-core machine.
-        INTERFACE_GENERATE_TIMEOUT_S="3",
+        # Short, yet far above a one-step 64x64 image (tens of ms) even on a slow, busy machine.
+        INTERFACE_GENERATE_TIMEOUT_S="5",
         INTERFACE_EJECT_AFTER_FAILURES="2",
         INTERFACE_EJECT_COOLDOWN_S="60",
         # Polling would notice the stall on its own; keep it out of the way so ejection by calls is tested.
@@ -112,7 +113,7 @@ def test_stalled_worker_times_out_and_is_ejected(workers: dict[str, ServiceProce
                 body = resp.json()
                 assert body["code"] == "upstream_timeout"
                 assert body["stage"] == "generate"
-                assert 2.9 <= took < 8.0, took
+                assert 4.9 <= took < 30.0, took
             assert ejections(api, "text2img") == 1.0
             assert pool_healthy(api, "text2img") == 1
         finally:
@@ -138,8 +139,10 @@ def test_worker_answering_500_is_ejected(workers: dict[str, ServiceProcess]) -> 
             assert "500" in body["detail"]
         assert httpx.get(faulty.url + "/calls").json()["calls"] - calls_before == 2
         assert ejections(api, "text2img") == 1.0
-        # /healthz of the faulty worker still says 200, but the ejection holds for its cool-down.
-        time.sleep(1.0)
+        # /healthz of the faulty worker still says 200, but the ejection holds for its cool-down: later
+        # calls never reach it.
+        assert [imagegen(api, seed)[0].status_code for seed in range(4)] == [200] * 4
+        assert httpx.get(faulty.url + "/calls").json()["calls"] - calls_before == 2
         assert pool_healthy(api, "text2img") == 1
 
 
@@ -160,7 +163,8 @@ def test_llm_down_is_a_quick_503_naming_the_stage(
     with ServiceProcess("services.interface.main", env=env) as api:
         started = time.monotonic()
         resp = httpx.post(api.url + path, json=body, timeout=10)
-        assert time.monotonic() - started < 2.0
+        # Refused at once, not after the expand timeout (30 s): nothing waited on a dead worker.
+        assert time.monotonic() - started < 10.0
         assert resp.status_code == 503, resp.text
         err = resp.json()
         assert err["code"] == "no_healthy_worker"
@@ -180,11 +184,17 @@ def test_interface_restart_under_load(workers: dict[str, ServiceProcess]) -> Non
             while not stop.is_set():
                 started = time.monotonic()
                 try:
-                    outcome = str(http.post(url, json={"prompt": f"a kite {index}", "steps": 1}).status_code)
+                    resp = http.post(url, json={"prompt": f"a kite {index}", "steps": 1})
+                    outcome = str(resp.status_code)
+                    if resp.status_code == 503:
+                        outcome += ":" + resp.json()["code"]
                 except httpx.TransportError as exc:
                     outcome = type(exc).__name__
                     time.sleep(0.1)
                 outcomes.append((started, outcome, time.monotonic() - started))
+
+    def served_since(start: float) -> int:
+        return sum(1 for s, o, _ in list(outcomes) if s >= start and o == "200")
 
     api = ServiceProcess("services.interface.main", env=env, port=port).start()
     threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(4)]
@@ -192,21 +202,24 @@ def test_interface_restart_under_load(workers: dict[str, ServiceProcess]) -> Non
     try:
         for t in threads:
             t.start()
+        phase_start = time.monotonic()
         for stop_signal in (signal.SIGKILL, signal.SIGTERM):
-            time.sleep(1.5)
+            # Clients must have been served by this incarnation before it goes down.
+            wait_until(lambda start=phase_start: served_since(start) >= 2)
             api.kill(stop_signal)
-            time.sleep(0.5)
             api.stop()
             api = ServiceProcess("services.interface.main", env=env, port=port).start()
-            restarted_at.append(time.monotonic())
-        time.sleep(1.5)
+            phase_start = time.monotonic()
+            restarted_at.append(phase_start)
+        wait_until(lambda: served_since(phase_start) >= 2)
     finally:
         stop.set()
         for t in threads:
             t.join(timeout=25)
         api.stop()
     assert not any(t.is_alive() for t in threads), "a client hung"
-    allowed = {"200", *CONNECTION_ERRORS}
+    # A draining interface (SIGTERM) answers new requests 503 "draining" with Retry-After.
+    allowed = {"200", "503:draining", *CONNECTION_ERRORS}
     assert {o for _, o, _ in outcomes} <= allowed, sorted({o for _, o, _ in outcomes})
     assert max(took for _, _, took in outcomes) < 15
     for phase_start, phase_end in ((0.0, restarted_at[0]), (restarted_at[0], restarted_at[1])):
