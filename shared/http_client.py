@@ -15,6 +15,7 @@ import httpx
 
 from shared.errors import (
     ImgPodError,
+    Overloaded,
     PolicyBlocked,
     UpstreamFailed,
     UpstreamTimeout,
@@ -25,19 +26,66 @@ from shared.request_context import REQUEST_ID_HEADER, get_request_id
 
 @dataclass(frozen=True, slots=True)
 class ClientLimits:
+    """The keep-alive pool of the one client a process uses for all its workers.
+
+    ``max_keepalive`` should cover the calls the process can have in flight at once (for the interface: its
+    queue consumers, i.e. healthy workers x per-worker concurrency summed over the pools, plus one health
+    probe per worker), or every call past it opens a new TCP connection and closes it afterwards. It should
+    not be much larger either: httpcore walks every pooled connection twice per request and polls each idle
+    one for readability, so idle connections cost every request a little CPU. The pool keeps only what was
+    used within ``keepalive_expiry_s``: after a burst it shrinks back to what the steady load needs.
+
+    ``keepalive_expiry_s`` stays below the workers' uvicorn ``--timeout-keep-alive`` (5 s by default), so
+    the client retires an idle connection before the server may close it; otherwise a request can be
+    written into a socket the worker is closing at that very moment (a transport error that counts as a
+    worker failure). The 2 s health polls keep one connection per worker warm whatever the traffic.
+    """
+
     connect_timeout_s: float = 3.0
     default_timeout_s: float = 60.0
     max_connections: int = 256
     max_keepalive: int = 64
+    keepalive_expiry_s: float = 4.0
+
+
+class _NoCookies(httpx.Cookies):
+    """A jar that never takes a cookie: internal calls carry no state from one call to the next."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+
+class _InternalAsyncClient(httpx.AsyncClient):
+    """httpx's client without its cookie jar: a worker's Set-Cookie is neither stored nor sent to any worker
+    on later calls. It also skips httpx's per-response cookie parsing (urllib request/response shims, ~5 %
+    of the interface's CPU per proxied call under load)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._no_cookies = _NoCookies()
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return self._no_cookies
+
+    @cookies.setter
+    def cookies(self, _: Any) -> None:
+        raise TypeError("the internal client keeps no cookies")
 
 
 def make_async_client(limits: ClientLimits | None = None) -> httpx.AsyncClient:
     limits = limits or ClientLimits()
-    return httpx.AsyncClient(
+    return _InternalAsyncClient(
         timeout=httpx.Timeout(limits.default_timeout_s, connect=limits.connect_timeout_s),
         limits=httpx.Limits(
-            max_connections=limits.max_connections, max_keepalive_connections=limits.max_keepalive
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive,
+            keepalive_expiry=limits.keepalive_expiry_s,
         ),
+        # Plain HTTP/1.1 to the workers on the pod network: one request per connection at a time, no h2
+        # negotiation, no h2 framing cost; concurrency comes from the pool.
+        http1=True,
+        http2=False,
         # Pods sit behind proxies; env proxy settings must not silently reroute internal calls.
         trust_env=False,
         follow_redirects=False,
@@ -61,13 +109,30 @@ class RetryableUpstreamError(UpstreamFailed):
     code = "no_healthy_worker"
 
 
+class WorkerLost(RetryableUpstreamError):
+    """The worker went away while this call was in flight: its connection broke, or it stopped answering
+    health probes and the call was abandoned.
+
+    It may have started work; it is re-sent once anyway because every call the interface makes is safe to
+    repeat (image generations carry a fixed seed, analysis and text calls have no side effects).
+    """
+
+
+class UpstreamBusy(Overloaded):
+    """The worker answered 429: it is healthy but full. Not a failure; try another worker, else pass it on."""
+
+
 def map_transport_error(exc: httpx.HTTPError, stage: str) -> ImgPodError:
     """Map one httpx exception to a domain error. The only place that knows httpx's hierarchy."""
     if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError | httpx.PoolTimeout):
         return RetryableUpstreamError(f"{stage}: worker unreachable", stage=stage)
     if isinstance(exc, httpx.TimeoutException):
         return UpstreamTimeout(f"{stage}: worker did not answer in time", stage=stage)
-    return UpstreamFailed(f"{stage}: transport error ({type(exc).__name__})", stage=stage)
+    if isinstance(exc, httpx.NetworkError | httpx.RemoteProtocolError):
+        # The connection broke mid-call: the worker died or restarted (or a pooled keep-alive connection
+        # to it was stale). Nothing will come back on it; the call is safe to send once more elsewhere.
+        return WorkerLost(f"{stage}: worker connection lost", stage=stage)
+    return UpstreamFailed(f"{stage}: transport error", stage=stage)
 
 
 def map_status(response: httpx.Response, stage: str) -> ImgPodError | None:
@@ -76,6 +141,10 @@ def map_status(response: httpx.Response, stage: str) -> ImgPodError | None:
     if status < 400:
         return None
     detail = _detail_of(response)
+    if status == 429:
+        return UpstreamBusy(
+            f"{stage}: every worker is busy; retry later", retry_after_s=_retry_after(response), stage=stage
+        )
     if status == 503:
         return RetryableUpstreamError(f"{stage}: worker not ready ({detail})", stage=stage)
     if status == 422:
@@ -86,6 +155,13 @@ def map_status(response: httpx.Response, stage: str) -> ImgPodError | None:
     if status == 504:
         return UpstreamTimeout(f"{stage}: {detail}", stage=stage)
     return UpstreamFailed(f"{stage}: worker answered {status} ({detail})", stage=stage)
+
+
+def _retry_after(response: httpx.Response) -> float:
+    try:
+        return max(1.0, float(response.headers.get("retry-after", "1")))
+    except ValueError:
+        return 1.0
 
 
 def _json_or_none(response: httpx.Response) -> dict[str, Any] | None:

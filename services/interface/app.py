@@ -10,7 +10,7 @@ from fastapi.responses import Response
 
 from services.interface.admission import ClientGone, build_queues
 from services.interface.flows import Flows, Pools
-from services.interface.pools import PoolConfig, WorkerPool, pool_metrics
+from services.interface.pools import PoolConfig, Worker, WorkerPool, pool_metrics
 from services.interface.routes import chat, health, profile
 from services.interface.settings import InterfaceSettings
 from shared.http_client import ClientLimits, make_async_client
@@ -30,8 +30,26 @@ def create_app(settings: InterfaceSettings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client = make_async_client(ClientLimits(default_timeout_s=max(settings.generate_timeout_s, 60.0)))
+        # Keep-alive connections for every call that can be in flight at once, so none pays a new connect.
+        image_urls = (
+            settings.profile_worker_urls,
+            settings.chat1to1_worker_urls,
+            settings.shorts_worker_urls,
+            settings.scenes_worker_urls,
+            settings.text2img_worker_urls,
+        )
+        slots = (
+            settings.per_worker_concurrency * sum(map(len, image_urls))
+            + settings.selfie_concurrency * len(settings.selfie_feature_worker_urls)
+            + settings.llm_concurrency * len(settings.llm_urls)
+        )
+        client = make_async_client(
+            ClientLimits(
+                default_timeout_s=max(settings.generate_timeout_s, 60.0), max_keepalive=max(8, slots + 8)
+            )
+        )
         pm = pool_metrics(metrics)
+        registry: dict[str, Worker] = {}
 
         def pool(name: str, urls: list[str], concurrency: int) -> WorkerPool:
             config = PoolConfig(
@@ -42,7 +60,14 @@ def create_app(settings: InterfaceSettings | None = None) -> FastAPI:
                 health_timeout_s=settings.health_timeout_s,
             )
             return WorkerPool(
-                name, urls, client=client, token=token, config=config, metrics=metrics, pool_metrics=pm
+                name,
+                urls,
+                client=client,
+                token=token,
+                config=config,
+                metrics=metrics,
+                pool_metrics=pm,
+                registry=registry,
             )
 
         c = settings.per_worker_concurrency
@@ -96,6 +121,7 @@ def create_app(settings: InterfaceSettings | None = None) -> FastAPI:
         max_json_bytes=settings.max_json_bytes,
         public_paths=PUBLIC_PATHS,
         docs=True,
+        drain_timeout_s=settings.drain_timeout_s,
     )
     app.state.settings = settings
 

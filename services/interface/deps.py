@@ -9,19 +9,19 @@ from services.interface.settings import InterfaceSettings
 from shared.queue_manager import BoundedQueue
 
 
-def get_flows(request: Request) -> Flows:
+async def get_flows(request: Request) -> Flows:
     return request.app.state.flows
 
 
-def get_settings(request: Request) -> InterfaceSettings:
+async def get_settings(request: Request) -> InterfaceSettings:
     return request.app.state.settings
 
 
-def get_pools(request: Request) -> Pools:
+async def get_pools(request: Request) -> Pools:
     return request.app.state.pools
 
 
-def get_queues(request: Request) -> dict[str, BoundedQueue]:
+async def get_queues(request: Request) -> dict[str, BoundedQueue]:
     return request.app.state.queues
 
 

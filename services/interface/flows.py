@@ -1,7 +1,17 @@
-"""The public flows of DESIGN.md, each a short sequence of worker calls with a policy gate between them."""
+"""The public flows of the design, each a short sequence of worker calls with a policy gate between them.
+
+Every flow is split in two. ``prepare_*`` runs before the request takes a queue slot: validation against the
+deployed workers' limits and the policy check of the user's text, so a request that will be refused never
+occupies the queue, and never teaches the queue's service-time estimate anything. ``run_*`` is the queued
+part: the worker calls. Preparing also fixes the seed, so that any call can be re-sent to another worker
+(when its first worker dies mid-call) and give the same image.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -9,8 +19,9 @@ from pydantic import BaseModel, ValidationError
 
 from services.interface.pools import WorkerPool
 from services.interface.settings import InterfaceSettings
-from shared.errors import ImgPodError, PolicyBlocked, UpstreamFailed
+from shared.errors import ImgPodError, PolicyBlocked, UpstreamFailed, ValidationFailed
 from shared.models import (
+    MAX_SEED,
     AnalyzeResponse,
     CaptionResponse,
     ChatImageRequest,
@@ -30,6 +41,8 @@ ChatKind = Literal["1to1", "shorts", "scenes"]
 M = TypeVar("M", bound=BaseModel)
 # Ten to fifteen words, safe whatever the image shows: used only when the caption stage fails, and labelled.
 TEMPLATE_CAPTION = "Here is the picture you asked for, made just for you in this chat."
+# Policy over a long text costs about a millisecond per 2,000 characters: past this it runs in a thread.
+_INLINE_POLICY_CHARS = 200
 
 
 def parse_upstream(model: type[M], body: Any, stage: str) -> M:
@@ -45,6 +58,31 @@ def enforce(decision: PolicyDecision, stage: str) -> str:
     return decision.prompt
 
 
+async def judge(check: Callable[[str], PolicyDecision], text: str) -> PolicyDecision:
+    """Run a policy check, off the event loop when the text is long enough to cost real CPU."""
+    if len(text) <= _INLINE_POLICY_CHARS:
+        return check(text)
+    return await asyncio.to_thread(check, text)
+
+
+def fixed_seed(seed: int | None) -> int:
+    return seed if seed is not None else secrets.randbelow(MAX_SEED + 1)
+
+
+def check_size(pool: WorkerPool, width: int | None, height: int | None, steps: int | None = None) -> None:
+    """Refuse sizes the deployed workers would refuse, before the request takes a queue slot."""
+    limits = pool.limits
+    if limits is None:
+        return
+    for name, side in (("width", width), ("height", height)):
+        if side is not None and side > limits.max_side:
+            raise ValidationFailed(f"{name}: at most {limits.max_side} on this deployment")
+    if width is not None and height is not None and width * height > limits.max_pixels:
+        raise ValidationFailed(f"{width}x{height} is over this deployment's {limits.max_pixels} pixels")
+    if steps is not None and steps > limits.max_steps:
+        raise ValidationFailed(f"steps: at most {limits.max_steps} on this deployment")
+
+
 @dataclass(slots=True)
 class Pools:
     profile: WorkerPool
@@ -58,29 +96,37 @@ class Pools:
     def all(self) -> list[WorkerPool]:
         return [self.profile, self.selfie, self.chat1to1, self.shorts, self.scenes, self.text2img, self.llm]
 
-    def pick_selfie_feature_worker(self) -> str:
-        return self.selfie.pick().url
-
-    def pick_profile_worker(self) -> str:
-        return self.profile.pick().url
-
-    def pick_chat1to1_worker(self) -> str:
-        return self.chat1to1.pick().url
-
-    def pick_shorts_worker(self) -> str:
-        return self.shorts.pick().url
-
-    def pick_scenes_worker(self) -> str:
-        return self.scenes.pick().url
-
     def chat_pool(self, kind: ChatKind) -> WorkerPool:
         return {"1to1": self.chat1to1, "shorts": self.shorts, "scenes": self.scenes}[kind]
+
+
+@dataclass(frozen=True, slots=True)
+class ChatJob:
+    kind: ChatKind
+    req: ChatImageRequest
+    seed: int
+
+    @property
+    def moderated(self) -> bool:
+        return self.kind != "1to1"
+
+
+@dataclass(frozen=True, slots=True)
+class TextImageJob:
+    pool: WorkerPool
+    path: str
+    req: ImageGenRequest
+    prompt: str
+    soft_blocked: bool
+    seed: int
 
 
 class Flows:
     def __init__(self, pools: Pools, settings: InterfaceSettings) -> None:
         self.pools = pools
         self.s = settings
+
+    # --- profile ---------------------------------------------------------------------------------------
 
     async def create_profile(
         self, image: bytes, filename: str, content_type: str, style: str | None, seed: int | None
@@ -95,7 +141,11 @@ class Flows:
                 files={"file": (filename, image, content_type)},
             )
         analysis = parse_upstream(AnalyzeResponse, body, "analyze")
-        request: dict[str, Any] = {"features": analysis.features.model_dump(), "style": style, "seed": seed}
+        request: dict[str, Any] = {
+            "features": analysis.features.model_dump(),
+            "style": style,
+            "seed": fixed_seed(seed),
+        }
         with timer.stage("generate"):
             body = await self.pools.profile.request(
                 "POST",
@@ -115,12 +165,17 @@ class Flows:
             timings_ms=timer.done(),
         )
 
-    async def chat_image(self, kind: ChatKind, req: ChatImageRequest) -> ChatImageResponse:
+    # --- chat images -----------------------------------------------------------------------------------
+
+    async def prepare_chat_image(self, kind: ChatKind, req: ChatImageRequest) -> ChatJob:
         moderated = kind != "1to1"
+        enforce(await judge(sanitize_general if moderated else evaluate_private_chat, req.message), "policy")
+        check_size(self.pools.chat_pool(kind), req.width, req.height)
+        return ChatJob(kind, req, fixed_seed(req.seed))
+
+    async def chat_image(self, job: ChatJob) -> ChatImageResponse:
+        kind, req = job.kind, job.req
         timer = StageTimer()
-        with timer.stage("policy"):
-            decision = sanitize_general(req.message) if moderated else evaluate_private_chat(req.message)
-            enforce(decision, "policy")
         with timer.stage("expand"):
             body = await self.pools.llm.request(
                 "POST",
@@ -132,7 +187,10 @@ class Flows:
         expanded = parse_upstream(ExpandResponse, body, "expand")
         # The LLM can turn an innocent message into a blocked prompt: check again before any pixels exist.
         with timer.stage("policy_expanded"):
-            prompt = enforce(check_expanded_prompt(expanded.prompt, moderated=moderated), "policy_expanded")
+            decision = await judge(
+                lambda text: check_expanded_prompt(text, moderated=job.moderated), expanded.prompt
+            )
+            prompt = enforce(decision, "policy_expanded")
         with timer.stage("generate"):
             body = await self.pools.chat_pool(kind).request(
                 "POST",
@@ -141,7 +199,8 @@ class Flows:
                 timeout_s=self.s.generate_timeout_s,
                 json={
                     "prompt": prompt,
-                    **req.model_dump(include={"seed", "width", "height"}, exclude_none=True),
+                    "seed": job.seed,
+                    **req.model_dump(include={"width", "height"}, exclude_none=True),
                 },
             )
         generated = parse_upstream(GenerateResponse, body, "generate")
@@ -150,6 +209,8 @@ class Flows:
             image_base64=generated.image_base64,
             caption=caption,
             prompt_used=generated.prompt_used,
+            prompt_tokens=generated.prompt_tokens,
+            prompt_truncated=generated.prompt_truncated,
             seed=generated.seed,
             source=expanded.source,
             caption_source=caption_source,
@@ -175,46 +236,58 @@ class Flows:
                     raise
                 return TEMPLATE_CAPTION, "template"
 
-    async def private_image(self, req: ImageGenRequest) -> ImageGenResponse:
-        timer = StageTimer()
-        prompt = enforce(evaluate_private_chat(req.prompt), "policy")
-        return await self._text_to_image(
-            self.pools.chat1to1, "/v1/chat/1to1/generate", req, prompt, False, timer
-        )
+    # --- text to image ---------------------------------------------------------------------------------
 
-    async def general_image(self, req: ImageGenRequest) -> ImageGenResponse:
-        timer = StageTimer()
-        decision = sanitize_general(req.prompt)
+    async def prepare_private_image(self, req: ImageGenRequest) -> TextImageJob:
+        prompt = enforce(await judge(evaluate_private_chat, req.prompt), "policy")
+        return self._text_job(self.pools.chat1to1, "/v1/chat/1to1/generate", req, prompt, False)
+
+    async def prepare_general_image(self, req: ImageGenRequest) -> TextImageJob:
+        decision = await judge(sanitize_general, req.prompt)
         prompt = enforce(decision, "policy")
-        return await self._text_to_image(
-            self.pools.text2img, "/v1/generate", req, prompt, decision.soft_blocked, timer
-        )
+        return self._text_job(self.pools.text2img, "/v1/generate", req, prompt, decision.soft_blocked)
 
-    async def _text_to_image(
-        self, pool: WorkerPool, path: str, req: ImageGenRequest, prompt: str, soft: bool, timer: StageTimer
-    ) -> ImageGenResponse:
+    def _text_job(
+        self, pool: WorkerPool, path: str, req: ImageGenRequest, prompt: str, soft: bool
+    ) -> TextImageJob:
+        check_size(pool, req.width, req.height, req.steps)
+        return TextImageJob(pool, path, req, prompt, soft, fixed_seed(req.seed))
+
+    async def text_image(self, job: TextImageJob) -> ImageGenResponse:
+        timer = StageTimer()
         with timer.stage("generate"):
-            body = await pool.request(
+            body = await job.pool.request(
                 "POST",
-                path,
+                job.path,
                 stage="generate",
                 timeout_s=self.s.generate_timeout_s,
-                json={"prompt": prompt, **req.model_dump(exclude={"prompt"}, exclude_none=True)},
+                json={
+                    **job.req.model_dump(exclude={"prompt", "seed"}, exclude_none=True),
+                    "prompt": job.prompt,
+                    "seed": job.seed,
+                },
             )
         generated = parse_upstream(GenerateResponse, body, "generate")
         return ImageGenResponse(
             image_base64=generated.image_base64,
             prompt_used=generated.prompt_used,
+            prompt_tokens=generated.prompt_tokens,
+            prompt_truncated=generated.prompt_truncated,
             seed=generated.seed,
             width=generated.width,
             height=generated.height,
-            soft_blocked=soft,
+            soft_blocked=job.soft_blocked,
             timings_ms=timer.done(),
         )
 
+    # --- reply -----------------------------------------------------------------------------------------
+
+    async def prepare_reply(self, req: ReplyRequest) -> ReplyRequest:
+        enforce(await judge(evaluate_private_chat, req.message), "policy")
+        return req
+
     async def reply(self, req: ReplyRequest) -> ReplyResponse:
         timer = StageTimer()
-        enforce(evaluate_private_chat(req.message), "policy")
         with timer.stage("reply"):
             body = await self.pools.llm.request(
                 "POST",

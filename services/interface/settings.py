@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar
 
-from pydantic import BaseModel, BeforeValidator, Field, SecretStr
+from pydantic import BaseModel, BeforeValidator, Field, SecretStr, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from shared.settings import ServiceSettings, UrlList, parse_str_list
@@ -63,6 +63,14 @@ class InterfaceSettings(ServiceSettings):
     # When the caption stage fails after the image was made, answer with a labelled template caption
     # (caption_source "template") rather than throwing the image away.
     caption_fallback: bool = True
+
+    @model_validator(mode="after")
+    def _drain_outlasts_requests(self) -> InterfaceSettings:
+        # A drain shorter than a request's own timeout would cut accepted requests off at every deploy.
+        longest = max(self.generate_timeout_s, self.analyze_timeout_s + self.generate_timeout_s)
+        if self.drain_timeout_s < longest:
+            raise ValueError(f"drain_timeout_s must be at least the longest request timeout ({longest:g} s)")
+        return self
 
     def queue_limits(self, endpoint: str) -> QueueLimits:
         return self.queue_overrides.get(endpoint) or QueueLimits(

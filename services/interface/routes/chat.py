@@ -1,3 +1,5 @@
+"""Chat and text-to-image routes: validation and policy before the queue, worker calls inside it."""
+
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
@@ -21,7 +23,8 @@ async def chat_1to1_image(
     req: ChatImageRequest, request: Request, flows: FlowsDep, queues: QueuesDep
 ) -> ChatImageResponse:
     """1:1 chat image: LLM expansion (unmoderated, hard block only), image, caption."""
-    return await run_admitted(request, queues["chat1to1"], lambda: flows.chat_image("1to1", req))
+    job = await flows.prepare_chat_image("1to1", req)
+    return await run_admitted(request, queues["chat1to1"], lambda: flows.chat_image(job))
 
 
 @router.post("/v1/chat/shorts/generate", response_model=ChatImageResponse)
@@ -29,7 +32,8 @@ async def chat_shorts(
     req: ChatImageRequest, request: Request, flows: FlowsDep, queues: QueuesDep
 ) -> ChatImageResponse:
     """Shorts image: moderated expansion, image, caption."""
-    return await run_admitted(request, queues["shorts"], lambda: flows.chat_image("shorts", req))
+    job = await flows.prepare_chat_image("shorts", req)
+    return await run_admitted(request, queues["shorts"], lambda: flows.chat_image(job))
 
 
 @router.post("/v1/chat/scenes/generate", response_model=ChatImageResponse)
@@ -37,7 +41,8 @@ async def chat_scenes(
     req: ChatImageRequest, request: Request, flows: FlowsDep, queues: QueuesDep
 ) -> ChatImageResponse:
     """Scenes image: moderated expansion, image, caption."""
-    return await run_admitted(request, queues["scenes"], lambda: flows.chat_image("scenes", req))
+    job = await flows.prepare_chat_image("scenes", req)
+    return await run_admitted(request, queues["scenes"], lambda: flows.chat_image(job))
 
 
 @router.post("/v1/chat/private/imagegen", response_model=ImageGenResponse)
@@ -45,7 +50,8 @@ async def private_image(
     req: ImageGenRequest, request: Request, flows: FlowsDep, queues: QueuesDep
 ) -> ImageGenResponse:
     """Private chat image straight from the prompt: hard block only, no LLM."""
-    return await run_admitted(request, queues["private"], lambda: flows.private_image(req))
+    job = await flows.prepare_private_image(req)
+    return await run_admitted(request, queues["private"], lambda: flows.text_image(job))
 
 
 @router.post("/v1/chat/1to1/reply", response_model=ReplyResponse)
@@ -53,7 +59,8 @@ async def chat_reply(
     req: ReplyRequest, request: Request, flows: FlowsDep, queues: QueuesDep
 ) -> ReplyResponse:
     """An in-character reply from the persona."""
-    return await run_admitted(request, queues["reply"], lambda: flows.reply(req))
+    checked = await flows.prepare_reply(req)
+    return await run_admitted(request, queues["reply"], lambda: flows.reply(checked))
 
 
 @router.post("/v1/imagegen", response_model=ImageGenResponse)
@@ -61,4 +68,5 @@ async def general_image(
     req: ImageGenRequest, request: Request, flows: FlowsDep, queues: QueuesDep
 ) -> ImageGenResponse:
     """General text to image: soft-blocked prompts get safety constraints appended."""
-    return await run_admitted(request, queues["text2img"], lambda: flows.general_image(req))
+    job = await flows.prepare_general_image(req)
+    return await run_admitted(request, queues["text2img"], lambda: flows.text_image(job))

@@ -25,6 +25,9 @@ async def create_profile(
     seed: Annotated[int | None, Form(ge=0, le=MAX_SEED)] = None,
 ) -> ProfileCreateResponse:
     """Selfie in, avatar out: face and features from the selfie worker, then the profile image."""
+    queue = queues["profile"]
+    # Refuse for load before spending a decode (CPU and memory) on an upload that cannot be queued.
+    queue.check_admission()
     data = await file.read(settings.max_upload_bytes + 1)
     if len(data) > settings.max_upload_bytes:
         raise PayloadTooLarge(f"upload is over {settings.max_upload_bytes} bytes")
@@ -35,5 +38,5 @@ async def create_profile(
     name = file.filename or "selfie"
     content_type = file.content_type or "application/octet-stream"
     return await run_admitted(
-        request, queues["profile"], lambda: flows.create_profile(data, name, content_type, style, seed)
+        request, queue, lambda: flows.create_profile(data, name, content_type, style, seed)
     )
