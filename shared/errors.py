@@ -16,8 +16,9 @@ ImgPodError
  +-- UpstreamTimeout (504)          a worker did not answer in time
  +-- InferenceTimeout (504)         the model did not finish in time
 
-Bodies are always ``{"detail": str, "code": str}`` (plus ``stage`` for upstream errors). ``str(exc)`` of
-library exceptions never reaches a body: it can leak paths and internals.
+Bodies are always ``{"detail": str, "code": str, "request_id": str}`` (plus ``stage`` for upstream errors).
+``str(exc)`` of library exceptions never reaches a body: it can leak paths and internals. The full cause is
+logged instead, with the same request id, so a client's report leads straight to the log line.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from shared.request_context import get_request_id
 
 log = logging.getLogger(__name__)
 
@@ -167,25 +170,34 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ImgPodError)
     async def _imgpod(_: Request, exc: ImgPodError) -> JSONResponse:
         if exc.status_code >= 500:
-            log.warning("request failed", extra={"code": exc.code, "stage": exc.stage, "detail": exc.detail})
-        return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers())
+            # With the traceback and the cause chained by ``raise ... from``: the log has what the body must
+            # not show, under the same request id.
+            log.warning(
+                "request failed",
+                extra={"code": exc.code, "stage": exc.stage, "detail": exc.detail},
+                exc_info=exc,
+            )
+        return _json(exc.body(), exc.status_code, exc.headers())
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse(
-            {"detail": validation_detail(exc.errors()), "code": "validation_error"}, status_code=422
-        )
+        return _json({"detail": validation_detail(exc.errors()), "code": "validation_error"}, 422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _STATUS_CODES.get(exc.status_code, "http_error")
-        return JSONResponse(
-            {"detail": str(exc.detail), "code": code},
-            status_code=exc.status_code,
-            headers=getattr(exc, "headers", None),
+        return _json(
+            {"detail": str(exc.detail), "code": code}, exc.status_code, getattr(exc, "headers", None)
         )
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", exc_info=exc)
-        return JSONResponse({"detail": "internal server error", "code": "internal_error"}, status_code=500)
+        return _json({"detail": "internal server error", "code": "internal_error"}, 500)
+
+
+def _json(body: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> JSONResponse:
+    request_id = get_request_id()
+    if request_id:
+        body["request_id"] = request_id
+    return JSONResponse(body, status_code=status, headers=headers)

@@ -26,6 +26,10 @@ class ServiceMetrics:
         self.http_latency = self.histogram(
             "imgpod_http_request_seconds", "HTTP request latency", ("route", "method")
         )
+        # Requests being served now and the most at once since start (health and metrics excluded): the
+        # soak harness checks the peak against what the service advertised, which polling could miss.
+        self.http_in_flight = self.gauge("imgpod_http_in_flight", "Requests being served")
+        self.http_in_flight_max = self.gauge("imgpod_http_in_flight_max", "Most requests served at once")
 
     def counter(self, name: str, doc: str, labels: Sequence[str] = ()) -> Counter:
         return Counter(name, doc, labels, registry=self.registry)

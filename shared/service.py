@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import secrets
 import time
@@ -21,6 +22,7 @@ from fastapi.responses import Response
 from pydantic import SecretStr
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared.drain import Drainer
 from shared.errors import PayloadTooLarge, install_error_handlers
 from shared.metrics import ServiceMetrics
 from shared.request_context import (
@@ -29,6 +31,7 @@ from shared.request_context import (
     reset_request_id,
     set_request_id,
 )
+from shared.runtime import freeze_loaded_heap, settle_after_startup
 
 log = logging.getLogger("imgpod.access")
 
@@ -42,7 +45,8 @@ def _digest(token: str) -> bytes:
 class EdgeMiddleware:
     """One pure-ASGI middleware for the edge: cheaper than a stack of BaseHTTPMiddleware layers.
 
-    Auth denies by default: every path needs a key unless it is in ``public_paths``.
+    Auth denies by default: every path needs a key unless it is in ``public_paths``. Every body it answers
+    itself (401, 413, 503 while draining) carries the request id, like the app's own error bodies.
     """
 
     def __init__(
@@ -54,8 +58,14 @@ class EdgeMiddleware:
         max_body_bytes: int,
         metrics: ServiceMetrics,
         max_json_bytes: int | None = None,
+        drainer: Drainer | None = None,
     ) -> None:
         self.app = app
+        self.drainer = drainer
+        self._in_flight = 0
+        self._peak = 0
+        # prometheus' .labels() costs a dict lookup and a lock per call: keep the children per label set.
+        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         self.key_digests = [_digest(k.get_secret_value()) for k in keys]
         self.public_paths = frozenset(public_paths)
         self.max_body_bytes = max_body_bytes
@@ -88,25 +98,35 @@ class EdgeMiddleware:
         request_id = accept_request_id(headers.get(REQUEST_ID_HEADER.lower().encode(), b"").decode("latin-1"))
         token = set_request_id(request_id)
         started = time.perf_counter()
-        status_holder = {"status": 500}
+        status = 500
+        started_response = False
+        too_large = False
 
         async def send_wrapper(message: Message) -> None:
+            nonlocal status, started_response
+            if too_large:
+                return  # the 413 went out already; drop whatever the app answers to its broken body
             if message["type"] == "http.response.start":
-                status_holder["status"] = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [
-                    *message["headers"],
-                    (REQUEST_ID_HEADER.encode(), request_id.encode()),
-                ]
+                status = message["status"]
+                started_response = True
+                message["headers"] = [*message.get("headers", ()), (_REQUEST_ID_BYTES, request_id.encode())]
             await send(message)
 
+        path = scope.get("path", "")
+        counted = path not in _OPS_PATHS
+        if counted:
+            self._enter()
         try:
-            path = scope.get("path", "")
+            if self.drainer is not None and self.drainer.draining and not _serves_while_draining(path):
+                await self._refuse_draining(send_wrapper, request_id, path)
+                return
             if path not in self.public_paths and not self._authorised(headers):
-                await _send_json(
+                await _send_error(
                     send_wrapper,
                     401,
-                    b'{"detail":"missing or invalid credentials","code":"unauthorized"}',
+                    "missing or invalid credentials",
+                    "unauthorized",
+                    request_id,
                     extra=[(b"www-authenticate", b"Bearer")],
                 )
                 return
@@ -115,38 +135,120 @@ class EdgeMiddleware:
             limit = self.max_body_bytes if multipart else min(self.max_body_bytes, self.max_json_bytes)
             declared = headers.get(b"content-length")
             if declared is not None and declared.isdigit() and int(declared) > limit:
-                await _send_json(
+                await _send_error(
                     send_wrapper,
                     413,
-                    b'{"detail":"request body is larger than %d bytes","code":"payload_too_large"}' % limit,
+                    f"request body is larger than {limit} bytes",
+                    "payload_too_large",
+                    request_id,
                 )
                 return
             received = 0
 
             async def limited_receive() -> Message:
-                nonlocal received
+                # A chunked body has no Content-Length to refuse up front: count it as it arrives, answer
+                # 413 ourselves the moment it passes the limit, and make the app's read fail (its own error
+                # answer to that is dropped by send_wrapper).
+                nonlocal received, too_large
                 message = await receive()
                 if message["type"] == "http.request":
                     received += len(message.get("body", b""))
                     if received > limit:
+                        if not started_response and not too_large:
+                            await _send_error(
+                                send_wrapper,
+                                413,
+                                f"request body is larger than {limit} bytes",
+                                "payload_too_large",
+                                request_id,
+                            )
+                            too_large = True
                         raise PayloadTooLarge(f"request body is larger than {limit} bytes")
                 return message
 
-            await self.app(scope, limited_receive, send_wrapper)
+            try:
+                await self.app(scope, limited_receive, send_wrapper)
+            except PayloadTooLarge:
+                if not too_large:
+                    raise
         finally:
+            if counted:
+                self._leave()
             elapsed = time.perf_counter() - started
             route = scope.get("route")
             route_label = getattr(route, "path", "unmatched")
             method = scope.get("method", "")
-            status = status_holder["status"]
-            self.metrics.http_requests.labels(route_label, method, str(status)).inc()
-            self.metrics.http_latency.labels(route_label, method).observe(elapsed)
+            key = (route_label, method, str(status))
+            children = self._children.get(key)
+            if children is None:
+                children = self._children[key] = (
+                    self.metrics.http_requests.labels(*key),
+                    self.metrics.http_latency.labels(route_label, method),
+                )
+            children[0].inc()
+            children[1].observe(elapsed)
             if path != "/healthz":
                 log.info(
                     "request",
                     extra={"method": method, "path": path, "status": status, "ms": round(elapsed * 1000, 1)},
                 )
             reset_request_id(token)
+
+    def _enter(self) -> None:
+        if self.drainer is not None:
+            self.drainer.enter()
+        self._in_flight += 1
+        self.metrics.http_in_flight.set(self._in_flight)
+        if self._in_flight > self._peak:
+            self._peak = self._in_flight
+            self.metrics.http_in_flight_max.set(self._peak)
+
+    def _leave(self) -> None:
+        if self.drainer is not None:
+            self.drainer.leave()
+        self._in_flight -= 1
+        self.metrics.http_in_flight.set(self._in_flight)
+
+    async def _refuse_draining(self, send: Send, request_id: str, path: str) -> None:
+        assert self.drainer is not None
+        if path == "/healthz":
+            body = {"status": "draining", "request_id": request_id}
+        else:
+            body = {
+                "detail": "this server is shutting down; retry shortly",
+                "code": "draining",
+                "request_id": request_id,
+            }
+        retry = str(max(1, round(self.drainer.retry_after_s))).encode()
+        await _send_json(
+            send,
+            503,
+            json.dumps(body).encode(),
+            extra=[(b"retry-after", retry), (b"connection", b"close")],
+        )
+
+
+_REQUEST_ID_BYTES = REQUEST_ID_HEADER.encode()
+# Operational routes: never counted as work in flight (a drain must not wait on a health probe).
+_OPS_PATHS = frozenset({"/healthz", "/metrics"})
+
+
+def _serves_while_draining(path: str) -> bool:
+    # Metrics stay readable, and test hooks (present only with test_hooks on) must be able to release
+    # requests parked during a drain.
+    return path == "/metrics" or path.startswith("/v1/test/")
+
+
+async def _send_error(
+    send: Send,
+    status: int,
+    detail: str,
+    code: str,
+    request_id: str,
+    extra: list[tuple[bytes, bytes]] = (),  # type: ignore[assignment]
+) -> None:
+    body = json.dumps({"detail": detail, "code": code, "request_id": request_id}).encode()
+    await _send_json(send, status, body, extra)
 
 
 async def _send_json(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] = ()) -> None:  # type: ignore[assignment]
@@ -176,16 +278,33 @@ def build_app(
     max_json_bytes: int | None = None,
     public_paths: Iterable[str] = ("/healthz",),
     docs: bool = False,
+    drain_timeout_s: float | None = None,
 ) -> FastAPI:
+    drainer = Drainer(drain_timeout_s) if drain_timeout_s else None
+
+    @contextlib.asynccontextmanager
+    async def draining_lifespan(app: FastAPI) -> AsyncIterator[Any]:
+        # SIGTERM is taken over only while the app serves, from inside the server's own signal capture.
+        undo = drainer.install_sigterm() if drainer is not None else None
+        try:
+            async with lifespan(app) as state:
+                # Started: freeze the start-up heap out of the GC's way, once per process (shared/runtime.py).
+                settle_after_startup()
+                yield state
+        finally:
+            if undo is not None:
+                undo()
+
     app = FastAPI(
         title=title,
         version=version,
-        lifespan=lifespan,
+        lifespan=draining_lifespan,
         docs_url="/docs" if docs else None,
         redoc_url=None,
         openapi_url="/openapi.json" if docs else None,
     )
     app.state.metrics = metrics
+    app.state.drainer = drainer
     install_error_handlers(app)
     for router in routers:
         app.include_router(router)
@@ -202,6 +321,7 @@ def build_app(
         max_body_bytes=max_body_bytes,
         max_json_bytes=max_json_bytes,
         metrics=metrics,
+        drainer=drainer,
     )
     return app
 
@@ -217,7 +337,12 @@ def loading_in_background(
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        loader = asyncio.create_task(start(), name=name)
+        async def load() -> None:
+            await start()
+            # The model's objects live as long as the process: out of the collector's way too.
+            await asyncio.to_thread(freeze_loaded_heap)
+
+        loader = asyncio.create_task(load(), name=name)
         try:
             yield
         finally:

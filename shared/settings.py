@@ -100,6 +100,11 @@ class ServiceSettings(BaseSettings):
     max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024)
     # Non-multipart bodies (JSON): the largest valid request (50 history turns) is about 100 kB.
     max_json_bytes: int = Field(1024 * 1024, ge=1024)
+    # On SIGTERM: readiness drops, new requests get 503 + Retry-After, accepted ones may run this long.
+    # At least the longest request timeout of the service; the pod's stop grace period must exceed it.
+    drain_timeout_s: float = Field(330.0, gt=0)
+    # Tests only: exposes /v1/test/gate, which parks requests at a known point (shared/test_hooks.py).
+    test_hooks: bool = False
 
     @field_validator("internal_token")
     @classmethod
