@@ -213,6 +213,9 @@ class ChatImageResponse(OpenModel):
     image_base64: str
     caption: str
     prompt_used: str
+    # Tokens of prompt_used as the image model's text encoder saw them; truncated when over its limit.
+    prompt_tokens: int | None = None
+    prompt_truncated: bool = False
     seed: int
     source: Source
     caption_source: Source = "model"
@@ -222,6 +225,8 @@ class ChatImageResponse(OpenModel):
 class ImageGenResponse(OpenModel):
     image_base64: str
     prompt_used: str
+    prompt_tokens: int | None = None
+    prompt_truncated: bool = False
     seed: int
     width: int
     height: int

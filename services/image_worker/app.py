@@ -13,6 +13,7 @@ from services.image_worker.settings import ImageSettings, Role
 from shared.logging_config import configure_logging
 from shared.metrics import ServiceMetrics
 from shared.service import build_app, internal_keys, loading_in_background
+from shared.test_hooks import Gate, gate_router
 
 VERSION = "0.1.0"
 
@@ -28,19 +29,25 @@ def create_app(settings: ImageSettings | None = None, *, role: Role | None = Non
 
     # Load in the background so /healthz answers 503 "loading" while a multi-GB model comes up.
     lifespan = loading_in_background(engine.start, engine.stop, name="image-engine-load")
+    routers = [health.router, generate.build_router(settings.role)]
+    if settings.test_hooks:
+        engine.gate = Gate()
+        routers.append(gate_router())
 
     app = build_app(
         title=f"img_pod image worker ({settings.role})",
         version=VERSION,
         lifespan=lifespan,
-        routers=[health.router, generate.build_router(settings.role)],
+        routers=routers,
         metrics=metrics,
         keys=internal_keys(settings.internal_token),
         max_body_bytes=settings.max_body_bytes,
         max_json_bytes=settings.max_json_bytes,
+        drain_timeout_s=settings.drain_timeout_s,
     )
     app.state.settings = settings
     app.state.engine = engine
+    app.state.gate = engine.gate
     return app
 
 

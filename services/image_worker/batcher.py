@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 @dataclass(slots=True)
 class ImageResult:
     image: Image.Image
+    prompt_tokens: int
     device: str
     batch_size: int
     queue_ms: float
@@ -35,7 +36,6 @@ class ImageResult:
 @dataclass(slots=True)
 class _Pending:
     job: ImageJob
-    tokens: int
     future: asyncio.Future[ImageResult]
     enqueued: float = field(default_factory=time.perf_counter)
 
@@ -94,13 +94,13 @@ class Batcher:
             if not item.future.done():
                 item.future.set_exception(InferenceFailed("worker is shutting down"))
 
-    async def submit(self, job: ImageJob, tokens: int) -> ImageResult:
+    async def submit(self, job: ImageJob) -> ImageResult:
         if len(self._pending) >= self.queue_limit:
             wait = len(self._pending) / max(1, len(self.pipelines) * self.max_batch) * self._mean_batch_s
             raise Overloaded("image worker queue is full", retry_after_s=wait, stage="image")
         future: asyncio.Future[ImageResult] = asyncio.get_running_loop().create_future()
         async with self._cond:
-            self._pending.append(_Pending(job, tokens, future))
+            self._pending.append(_Pending(job, future))
             self.m_depth.set(len(self._pending))
             self._cond.notify_all()
         # If the caller goes away (client disconnect), the future is cancelled and the runner skips it.
@@ -157,33 +157,33 @@ class Batcher:
     async def _serve(self, pipe: DevicePipeline, label: str, batch: list[_Pending]) -> None:
         started = time.perf_counter()
         try:
-            images = await asyncio.to_thread(pipe.run, [p.job for p in batch], [p.tokens for p in batch])
+            images, tokens = await asyncio.to_thread(pipe.run, [p.job for p in batch])
         except Exception as exc:
             if len(batch) == 1:
                 self._fail(batch[0], exc)
                 return
             # One bad item must not fail the others: run them one by one to find it.
-            log.warning("batch failed, retrying items alone", extra={"n": len(batch)})
+            log.warning("batch failed, retrying items alone", extra={"n": len(batch)}, exc_info=exc)
             for item in batch:
                 await self._run_single(pipe, label, item)
             return
         elapsed = time.perf_counter() - started
         self._observe(label, len(batch), elapsed)
-        for item, image in zip(batch, images, strict=True):
-            self._resolve(item, image, pipe.device, len(batch), started, elapsed)
+        for item, image, count in zip(batch, images, tokens, strict=True):
+            self._resolve(item, image, count, pipe.device, len(batch), started, elapsed)
 
     async def _run_single(self, pipe: DevicePipeline, label: str, item: _Pending) -> None:
         if item.future.done():
             return
         started = time.perf_counter()
         try:
-            (image,) = await asyncio.to_thread(pipe.run, [item.job], [item.tokens])
+            (image,), (count,) = await asyncio.to_thread(pipe.run, [item.job])
         except Exception as exc:
             self._fail(item, exc)
             return
         elapsed = time.perf_counter() - started
         self._observe(label, 1, elapsed)
-        self._resolve(item, image, pipe.device, 1, started, elapsed)
+        self._resolve(item, image, count, pipe.device, 1, started, elapsed)
 
     def _observe(self, label: str, n: int, elapsed: float) -> None:
         self.m_batch.observe(n)
@@ -191,13 +191,21 @@ class Batcher:
         self._mean_batch_s = 0.8 * self._mean_batch_s + 0.2 * elapsed
 
     def _resolve(
-        self, item: _Pending, image: Image.Image, device: str, n: int, started: float, elapsed: float
+        self,
+        item: _Pending,
+        image: Image.Image,
+        tokens: int,
+        device: str,
+        n: int,
+        started: float,
+        elapsed: float,
     ) -> None:
         if item.future.done():
             return
         item.future.set_result(
             ImageResult(
                 image=image,
+                prompt_tokens=tokens,
                 device=device,
                 batch_size=n,
                 queue_ms=(started - item.enqueued) * 1000,
@@ -209,4 +217,5 @@ class Batcher:
         self.m_failed.inc()
         log.error("image generation failed", exc_info=exc)
         if not item.future.done():
-            item.future.set_exception(InferenceFailed(f"image generation failed ({type(exc).__name__})"))
+            # The cause stays in the log (with the request id of whoever submitted it); the body is public.
+            item.future.set_exception(InferenceFailed("image generation failed"))

@@ -10,11 +10,11 @@ from services.image_worker.engine import ImageEngine
 from services.image_worker.settings import ImageSettings
 
 
-def get_engine(request: Request) -> ImageEngine:
+async def get_engine(request: Request) -> ImageEngine:
     return request.app.state.engine
 
 
-def get_settings(request: Request) -> ImageSettings:
+async def get_settings(request: Request) -> ImageSettings:
     return request.app.state.settings
 
 

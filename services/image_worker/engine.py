@@ -12,11 +12,13 @@ from typing import Literal
 from services.image_worker.batcher import Batcher, ImageResult
 from services.image_worker.devices import resolve_devices
 from services.image_worker.output_safety import OutputSafetyChecker, SafetyVerdict
-from services.image_worker.pipeline import DevicePipeline, ImageJob, ModelLoadError
+from services.image_worker.pipeline import DevicePipeline, ImageJob, ModelLoadError, ModelMissing
 from services.image_worker.settings import ImageSettings
-from shared.errors import InferenceTimeout, ModelUnavailable, PolicyBlocked, ValidationFailed
+from shared.errors import InferenceTimeout, ModelUnavailable, Overloaded, PolicyBlocked, ValidationFailed
 from shared.metrics import ServiceMetrics
 from shared.models import MAX_SEED
+from shared.public_names import public_model_id
+from shared.test_hooks import Gate
 
 log = logging.getLogger(__name__)
 EngineState = Literal["loading", "ok", "error"]
@@ -54,6 +56,11 @@ class ImageEngine:
         self.batcher: Batcher | None = None
         self._pipelines: list[DevicePipeline] = []
         self.safety: OutputSafetyChecker | None = None
+        # Set only when the test_hooks setting is on: parks generations after admission.
+        self.gate: Gate | None = None
+        # Requests this worker holds (at the gate, pending, running): the bound behind its 429.
+        self.held = 0
+        self._mean_request_s = 1.0
         self.m_unsafe = metrics.counter(
             "imgpod_output_safety_blocked_total", "Generated images withheld as unsafe"
         )
@@ -109,21 +116,24 @@ class ImageEngine:
             log.info(
                 "image model ready", extra={"model": self.settings.model_id, "s": round(self.load_seconds, 2)}
             )
-        except (ModelLoadError, ValueError) as exc:
-            self._failed(str(exc))
         except Exception as exc:
-            self._failed(f"could not start image engine: {type(exc).__name__}")
-            log.exception("image engine failed to start")
+            self._failed(exc)
 
-    def _failed(self, message: str) -> None:
+    def _failed(self, exc: Exception) -> None:
+        # Health and 503 bodies are public (unauthenticated /healthz): a category, never the path or the
+        # library's message. The whole cause goes to the log.
         self.state = "error"
-        self.error = message
-        log.error("image model unavailable", extra={"detail": message})
+        self.error = _public_load_error(exc)
+        log.error("image model unavailable", extra={"detail": self.error}, exc_info=exc)
+
+    @property
+    def public_model(self) -> str:
+        return public_model_id(self.settings.model_id, self.settings.served_model_name)
 
     def _warm_up(self, pipe: DevicePipeline) -> None:
         # The first call pays for kernel selection and allocator growth; pay it before reporting healthy.
         job = ImageJob("warm-up", None, 0, self.settings.default_width, self.settings.default_height, 1, 0.0)
-        pipe.run([job], [pipe.count_tokens(job.prompt)])
+        pipe.run([job])
 
     async def stop(self) -> None:
         if self.batcher is not None:
@@ -159,9 +169,27 @@ class ImageEngine:
     async def generate(self, params: GenerationParams) -> Generated:
         batcher = self.require_ready()
         job = self.make_job(params)
-        tokens = self._pipelines[0].count_tokens(job.prompt)
+        if self.held >= self.settings.queue_limit:
+            # Busy, not broken: the interface tries another worker or passes the 429 on with this estimate.
+            slots = max(1, batcher.concurrency * self.settings.max_batch)
+            raise Overloaded(
+                "image worker is full; retry later",
+                retry_after_s=self.held / slots * self._mean_request_s,
+                stage="image",
+            )
+        self.held += 1
+        started = time.perf_counter()
         try:
-            result = await asyncio.wait_for(batcher.submit(job, tokens), self.settings.inference_timeout_s)
+            return await self._generate(batcher, job)
+        finally:
+            self.held -= 1
+            self._mean_request_s += 0.2 * (time.perf_counter() - started - self._mean_request_s)
+
+    async def _generate(self, batcher: Batcher, job: ImageJob) -> Generated:
+        if self.gate is not None:
+            await self.gate.passthrough()
+        try:
+            result = await asyncio.wait_for(batcher.submit(job), self.settings.inference_timeout_s)
         except TimeoutError as exc:
             raise InferenceTimeout(
                 f"image generation took longer than {self.settings.inference_timeout_s:g} s", stage="image"
@@ -174,5 +202,14 @@ class ImageEngine:
                     "the generated image did not pass the safety check", stage="output_safety"
                 )
         # The pipeline's limit, which load() may have lowered below the setting to fit the checkpoint.
+        tokens = result.prompt_tokens
         truncated = tokens > self._pipelines[0].max_sequence_length
         return Generated(result, job, tokens, truncated, safety_checked=self.safety is not None)
+
+
+def _public_load_error(exc: Exception) -> str:
+    if isinstance(exc, ModelMissing):
+        return "the image model's files were not found on this worker"
+    if isinstance(exc, ModelLoadError) and "safety" in str(exc):
+        return "the output safety checker could not be loaded"
+    return "the image model could not be loaded"

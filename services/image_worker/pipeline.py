@@ -1,7 +1,10 @@
 """One Z-Image pipeline on one device: loading and a synchronous batched call.
 
 A diffusers pipeline object is not safe for concurrent calls (its scheduler keeps per-call state), so a
-``DevicePipeline`` is only ever driven by one runner task at a time; see ``batcher.py``.
+``DevicePipeline`` is only ever driven by one runner task at a time; see ``batcher.py``. The same holds for
+its tokenizer (a Rust tokenizer with truncation/padding state): prompts are counted inside ``run``, on the
+thread that runs the pipeline, never on the event loop while a batch is in flight. Counting on the loop once
+gave wrong counts (64 instead of 532) and failed batches under concurrent load.
 """
 
 from __future__ import annotations
@@ -43,6 +46,10 @@ class ModelLoadError(RuntimeError):
     pass
 
 
+class ModelMissing(ModelLoadError):
+    """The configured local model directory does not exist."""
+
+
 def caption_token_limit(axes_lens: list[int] | tuple[int, ...]) -> int:
     """The longest caption (in tokens) whose RoPE positions fit the transformer's first axis.
 
@@ -72,7 +79,7 @@ class DevicePipeline:
         quiet_progress_bars()
 
         if looks_like_local_path(self.model_id) and not Path(self.model_id).expanduser().is_dir():
-            raise ModelLoadError(f"model path {self.model_id} does not exist")
+            raise ModelMissing(f"model path {self.model_id} does not exist")
         try:
             pipe = ZImagePipeline.from_pretrained(self.model_id, dtype=self.dtype)
         except Exception as exc:
@@ -116,7 +123,9 @@ class DevicePipeline:
         return max(_TOKEN_BUCKET, min(bucket, self.max_sequence_length))
 
     @torch.inference_mode()
-    def run(self, jobs: list[ImageJob], token_counts: list[int]) -> list[Image.Image]:
+    def run(self, jobs: list[ImageJob]) -> tuple[list[Image.Image], list[int]]:
+        """One pipeline call for the batch; returns the images and each prompt's token count."""
+        token_counts = [self.count_tokens(job.prompt) for job in jobs]
         first = jobs[0]
         generators = [torch.Generator(device=self.device).manual_seed(job.seed) for job in jobs]
         negative = [job.negative_prompt or "" for job in jobs] if first.negative_prompt is not None else None
@@ -138,4 +147,4 @@ class DevicePipeline:
         log.debug(
             "batch done", extra={"n": len(jobs), "ms": round((time.perf_counter() - started) * 1000, 1)}
         )
-        return images
+        return images, token_counts

@@ -18,6 +18,8 @@ class ImageSettings(ServiceSettings):
 
     role: Role = "general"
     model_id: str = "Tongyi-MAI/Z-Image-Turbo"
+    # The name responses and /healthz use; empty: the hub id, or a local path's last component.
+    served_model_name: str | None = None
     # "auto": every CUDA device if any, else one CPU pipeline. "cuda:0,cuda:1" or "cpu,cpu" to choose.
     devices: str = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -34,6 +36,7 @@ class ImageSettings(ServiceSettings):
 
     max_batch: int = Field(4, ge=1, le=64)
     batch_wait_ms: float = Field(5.0, ge=0.0, le=1000.0)
+    # Requests one worker holds at once (waiting or running); past it the worker answers 429 + Retry-After.
     queue_limit: int = Field(64, ge=1)
     warmup: bool = True
     attention_backend: str | None = None
@@ -53,4 +56,6 @@ class ImageSettings(ServiceSettings):
                 raise ValueError(f"default size {side} is over max_side {self.max_side}")
         if self.default_steps > self.max_steps:
             raise ValueError("default_steps is over max_steps")
+        if self.drain_timeout_s < self.inference_timeout_s:
+            raise ValueError("drain_timeout_s must be at least inference_timeout_s")
         return self

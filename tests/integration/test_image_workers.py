@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -198,9 +199,14 @@ def test_token_required_except_healthz(workers: dict[str, ServiceProcess], heade
 
 
 def test_healthz_and_metrics(workers: dict[str, ServiceProcess], tiny_models: dict[str, Path]) -> None:
-    health = httpx.get(workers["scenes"].url + "/healthz").json()
+    resp = httpx.get(workers["scenes"].url + "/healthz")
+    health = resp.json()
     assert health["status"] == "ok"
-    assert health["model"] == str(tiny_models["zimage"])
+    # Unauthenticated: the model's public name, never the server path it was loaded from.
+    assert health["model"] == tiny_models["zimage"].name
+    assert str(tiny_models["zimage"].parent) not in resp.text
+    assert "output_safety" not in health
+    assert health["limits"] == {"max_side": 512, "max_pixels": 2048 * 2048, "max_steps": 50}
     assert (health["device"], health["dtype"], health["role"]) == ("cpu", "float32", "scenes")
     metrics = httpx.get(workers["scenes"].url + "/metrics", headers=AUTH).text
     assert "imgpod_model_inference_seconds" in metrics
@@ -211,7 +217,7 @@ def test_moderated_roles_check_their_output(workers: dict[str, ServiceProcess]) 
     for role, checked in (("shorts", True), ("scenes", True), ("chat1to1", False), ("profile", False)):
         resp = httpx.post(workers[role].url + ROLES[role], json=body_for(role), headers=AUTH, timeout=60)
         assert resp.json()["safety_checked"] is checked, role
-        assert httpx.get(workers[role].url + "/healthz").json()["output_safety"] is checked
+        assert resp.json()["model"] == "z-image-turbo-tiny"
 
 
 def test_moderated_route_soft_blocks_and_hard_blocks(workers: dict[str, ServiceProcess]) -> None:
@@ -250,10 +256,15 @@ def test_missing_model_fails_visibly(tmp_path: Path) -> None:
             time.sleep(0.2)
             health = httpx.get(proc.url + "/healthz").json()
         assert health["status"] == "error"
-        assert "does not exist" in health["detail"]
+        assert health["detail"] == "the image model's files were not found on this worker"
+        # The public name is the directory's last component; the server path never shows.
+        assert str(tmp_path) not in json.dumps(health)
         resp = httpx.post(proc.url + ROLES["chat1to1"], json=body_for("chat1to1"), headers=AUTH)
         assert resp.status_code == 503
         body = resp.json()
         assert body["code"] == "model_unavailable"
-        assert "does not exist" in body["detail"]
+        assert "not found" in body["detail"]
+        assert str(tmp_path) not in resp.text and body["request_id"] == resp.headers["X-Request-ID"]
+        # The operator still finds the cause: the path and the reason are in the worker's log.
+        assert str(tmp_path / "no-such-model") in proc.logs() and "does not exist" in proc.logs()
         assert "image_base64" not in body

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from fastapi import APIRouter
@@ -32,7 +33,8 @@ async def run_generation(
     started = time.perf_counter()
     generated = await engine.generate(params)
     encode_started = time.perf_counter()
-    image_b64 = encode_image_base64(generated.result.image, output_format)
+    # 200-400 ms for a 1024x1024 PNG: on the loop it would stall /healthz past the interface's probe timeout.
+    image_b64 = await asyncio.to_thread(encode_image_base64, generated.result.image, output_format)
     done = time.perf_counter()
     job = generated.job
     return GenerateResponse(
@@ -48,7 +50,7 @@ async def run_generation(
         prompt_truncated=generated.prompt_truncated,
         soft_blocked=soft_blocked,
         safety_checked=generated.safety_checked,
-        model=engine.settings.model_id,
+        model=engine.public_model,
         role=engine.settings.role,
         timings_ms={
             "queue": round(generated.result.queue_ms, 2),
@@ -78,7 +80,7 @@ def build_router(role: Role) -> APIRouter:
     @router.post("/v1/generate", response_model=GenerateResponse)
     async def generate(req: GenerateRequest, engine: EngineDep) -> GenerateResponse:
         """Text to image with the worker's engine (the interface's general pool): hard block only."""
-        checked = moderate(req.prompt, role, moderated_route=False)
+        checked = await moderate(req.prompt, role, moderated_route=False)
         return await run_generation(engine, params_from(req, checked.prompt), req.output_format)
 
     if role == "profile":
@@ -86,8 +88,8 @@ def build_router(role: Role) -> APIRouter:
         @router.post(ROLE_ROUTES["profile"], response_model=GenerateResponse)
         async def profile_generate(req: ProfileGenerateRequest, engine: EngineDep) -> GenerateResponse:
             """An avatar from selfie features, in the house style unless a style is given."""
-            prompt = moderate(
-                build_profile_prompt(req.features, req.style), role, moderated_route=False
+            prompt = (
+                await moderate(build_profile_prompt(req.features, req.style), role, moderated_route=False)
             ).prompt
             params = GenerationParams(prompt, None, req.seed, req.width, req.height, req.steps, None)
             return await run_generation(engine, params, req.output_format)
@@ -96,7 +98,7 @@ def build_router(role: Role) -> APIRouter:
 
         @router.post(ROLE_ROUTES[role], response_model=GenerateResponse)
         async def role_generate(req: GenerateRequest, engine: EngineDep) -> GenerateResponse:
-            checked = moderate(req.prompt, role, moderated_route=True)
+            checked = await moderate(req.prompt, role, moderated_route=True)
             return await run_generation(
                 engine, params_from(req, checked.prompt), req.output_format, soft_blocked=checked.soft_blocked
             )

@@ -11,17 +11,22 @@ router = APIRouter(tags=["health"])
 
 @router.get("/healthz", response_model=HealthResponse)
 async def healthz(engine: EngineDep) -> JSONResponse:
-    """200 once the model is loaded and warmed up; 503 while loading or after a failed load."""
+    """200 once the model is loaded and warmed up; 503 while loading or after a failed load.
+
+    Unauthenticated, so public facts only: the model's public name (never a path), what the worker can run
+    at once and the request limits it enforces (the interface refuses more before queueing).
+    """
+    s = engine.settings
     body = HealthResponse(
         status=engine.state,
-        service=f"image_worker:{engine.settings.role}",
+        service=f"image_worker:{s.role}",
         detail=engine.error,
-        model=engine.settings.model_id,
+        model=engine.public_model,
         device=",".join(engine.devices) or None,
         dtype=engine.dtype,
-        role=engine.settings.role,
+        role=s.role,
     ).model_dump()
     body["concurrency"] = engine.batcher.concurrency if engine.batcher else 0
-    body["max_batch"] = engine.settings.max_batch
-    body["output_safety"] = engine.safety is not None
+    body["max_batch"] = s.max_batch
+    body["limits"] = {"max_side": s.max_side, "max_pixels": s.max_pixels, "max_steps": s.max_steps}
     return JSONResponse(body, status_code=200 if engine.state == "ok" else 503)
