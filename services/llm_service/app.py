@@ -32,6 +32,7 @@ def create_app(settings: LlmSettings | None = None) -> FastAPI:
         keys=internal_keys(settings.internal_token),
         max_body_bytes=settings.max_body_bytes,
         max_json_bytes=settings.max_json_bytes,
+        drain_timeout_s=settings.drain_timeout_s,
     )
     app.state.settings = settings
     app.state.engine = engine

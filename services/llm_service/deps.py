@@ -10,11 +10,11 @@ from services.llm_service.engine import LlmEngine
 from services.llm_service.settings import LlmSettings
 
 
-def get_engine(request: Request) -> LlmEngine:
+async def get_engine(request: Request) -> LlmEngine:
     return request.app.state.engine
 
 
-def get_settings(request: Request) -> LlmSettings:
+async def get_settings(request: Request) -> LlmSettings:
     return request.app.state.settings
 
 

@@ -45,6 +45,7 @@ from shared.models import (
     ReplyRequest,
     ReplyResponse,
 )
+from shared.public_names import public_model_id
 from shared.timings import StageTimer
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,8 @@ class LlmEngine:
     def __init__(self, settings: LlmSettings, metrics: ServiceMetrics) -> None:
         self.settings = settings
         self.backend = make_backend(settings)
+        # What bodies and /healthz call the model. The backends keep the real id: vLLM serves it by that name.
+        self.public_model = public_model_id(settings.model_id, settings.served_model_name)
         self.state: State = "loading"
         self.error: str | None = None
         self._latency = metrics.histogram(
@@ -85,9 +88,9 @@ class LlmEngine:
         except Exception as exc:
             log.exception("model load failed", extra={"model": self.settings.model_id})
             self.state = "error"
-            # The type only: library messages can carry local paths and internals.
+            # The public name and the type only: library messages and model ids can carry local paths.
             self.error = (
-                f"model {self.settings.model_id!r} failed to load ({type(exc).__name__}); see the service log"
+                f"model {self.public_model!r} failed to load ({type(exc).__name__}); see the service log"
             )
             return
         self.state = "ok"
@@ -203,7 +206,7 @@ class LlmEngine:
                     f"the model's image prompt was unusable: {verdict.reason}", stage="llm"
                 )
             source: Literal["model", "template"] = "model"
-            model = result.model
+            model = self.public_model
             self._outcomes.labels(route, "model").inc()
         except FALLBACK_ERRORS as exc:
             self._fallback_or_raise(route, exc)
@@ -260,7 +263,7 @@ class LlmEngine:
                     caption=text,
                     word_count=word_count(text),
                     source="model",
-                    model=result.model,
+                    model=self.public_model,
                     adjusted=adjusted,
                     timings_ms=clock.done(),
                 )
@@ -298,4 +301,4 @@ class LlmEngine:
             self._outcomes.labels(route, UnusableModelOutput.code).inc()
             raise UnusableModelOutput(f"the model's reply was unusable: {verdict.reason}", stage="llm")
         self._outcomes.labels(route, "model").inc()
-        return ReplyResponse(reply=text, source="model", model=result.model, timings_ms=clock.done())
+        return ReplyResponse(reply=text, source="model", model=self.public_model, timings_ms=clock.done())

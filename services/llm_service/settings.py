@@ -21,6 +21,9 @@ class LlmSettings(ServiceSettings):
     # Which engine answers: the in-process transformers model, or a vLLM server beside the service.
     backend: Backend = "vllm"
     model_id: str = "Qwen/Qwen2.5-7B-Instruct"
+    # The name response bodies and /healthz give the model (like vLLM's --served-model-name). Unset: model_id
+    # when it is a hub id, its last path component when it is a local path, so no body shows the pod's disk.
+    served_model_name: str | None = None
     # The tokenizer that counts history tokens for the vllm backend; defaults to model_id.
     tokenizer_id: str | None = None
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -59,6 +62,13 @@ class LlmSettings(ServiceSettings):
     @classmethod
     def _strip_url(cls, value: str) -> str:
         return value.strip().rstrip("/")
+
+    @field_validator("served_model_name")
+    @classmethod
+    def _blank_name_is_none(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        return value.strip() or None
 
     @field_validator("vllm_api_key")
     @classmethod

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from fastapi import FastAPI
 
+from services.selfie_feature_worker.admission import Admission
 from services.selfie_feature_worker.detection import build_detector
 from services.selfie_feature_worker.pipeline import SelfieAnalyzer
 from services.selfie_feature_worker.routes import analyze, health
@@ -17,7 +18,9 @@ from services.selfie_feature_worker.settings import SelfieSettings
 from services.selfie_feature_worker.vlm import QwenVlDescriber
 from shared.logging_config import configure_logging
 from shared.metrics import ServiceMetrics
+from shared.public_names import public_model_id
 from shared.service import build_app, internal_keys
+from shared.test_hooks import Gate, gate_router
 
 SERVICE = "selfie_feature_worker"
 log = logging.getLogger(__name__)
@@ -58,17 +61,20 @@ def create_app(settings: SelfieSettings | None = None) -> FastAPI:
             try:
                 state.analyzer = await asyncio.to_thread(load_analyzer, settings)
                 vlm = state.analyzer.vlm
+                # /healthz is unauthenticated: a model configured as a local path is named, not located.
                 state.info = {
-                    "model": vlm.model_id,
+                    "model": public_model_id(vlm.model_id),
                     "device": vlm.device,
                     "dtype": vlm.dtype_name,
                     "detector": state.analyzer.detector.name,
                     "detector_weights": state.analyzer.detector.weights,
                 }
-                log.info("models loaded", extra=state.info)
+                # The log is private: it may name the real location.
+                log.info("models loaded", extra={**state.info, "model_id": vlm.model_id})
             except Exception as exc:
-                # Keep serving: /healthz says why, and the routes answer 503 instead of crashing.
-                state.error = f"model load failed: {type(exc).__name__}"
+                # Keep serving: /healthz says why, and the routes answer 503 instead of crashing. The type
+                # only: a library's message names files on the pod; the traceback goes to the log.
+                state.error = f"model load failed ({type(exc).__name__}); see the service log"
                 log.exception("model load failed")
             finally:
                 state.loading = False
@@ -81,19 +87,30 @@ def create_app(settings: SelfieSettings | None = None) -> FastAPI:
                 task.cancel()
             state.analyzer = None
 
+    routers = [health.router, analyze.router]
+    gate: Gate | None = None
+    if settings.test_hooks:
+        gate = Gate()
+        routers.append(gate_router())
+
     app = build_app(
         title="img_pod selfie feature worker",
         version="0.1.0",
         lifespan=lifespan,
-        routers=[health.router, analyze.router],
+        routers=routers,
         metrics=metrics,
         keys=internal_keys(settings.internal_token),
         max_body_bytes=settings.max_body_bytes,
         max_json_bytes=settings.max_json_bytes,
+        drain_timeout_s=settings.drain_timeout_s,
     )
     app.state.settings = settings
     app.state.service = SERVICE
     app.state.stage_seconds = stage_seconds
     app.state.vlm_unparsed = unparsed
     app.state.analyses = analyses
+    refused = metrics.counter("imgpod_selfie_refused_total", "Analyses refused with 429: all slots busy")
+    app.state.admission = Admission(settings.max_concurrent, settings.queue_limit, on_refused=refused.inc)
+    # Set only when the test_hooks setting is on: parks analyses once they hold a slot, before decoding.
+    app.state.gate = gate
     return app

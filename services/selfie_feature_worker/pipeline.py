@@ -22,6 +22,7 @@ from services.selfie_feature_worker.vlm import QwenVlDescriber
 from shared.errors import InferenceFailed
 from shared.images import decode_upload
 from shared.models import AnalyzeResponse, FaceBox, FaceMeta, QualitySignals
+from shared.public_names import public_model_id
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +55,10 @@ class SelfieAnalyzer:
         self.settings = settings
         self.detector = detector
         self.vlm = vlm
+        # Goes into every response body: a VLM configured as a local path is named, not located.
         self.model_info = {
             "detector": f"{detector.name}:{detector.weights}",
-            "vlm": vlm.model_id,
+            "vlm": public_model_id(vlm.model_id),
         }
 
     def warm_up(self) -> None:
@@ -78,8 +80,11 @@ class SelfieAnalyzer:
         with _timed(timings, "detect"):
             try:
                 faces = self.detector.detect(rgb)
-            except Exception as exc:
-                raise InferenceFailed("face detection failed", stage="detect") from exc
+            except Exception:
+                # The traceback is logged here, once, with the request id; the client gets the short message.
+                # ``from None``: the cause is in the log already and must not be logged again as context.
+                log.exception("face detection failed", extra={"stage": "detect"})
+                raise InferenceFailed("face detection failed", stage="detect") from None
         # Several faces: the largest is the selfie's subject; the rest are background people.
         face = max(faces, key=lambda f: f.area) if faces else None
         with _timed(timings, "quality"):
@@ -88,8 +93,9 @@ class SelfieAnalyzer:
             crop = crop_with_margin(image, face, self.settings.crop_margin)
             try:
                 answer = self.vlm.describe(crop)
-            except Exception as exc:
-                raise InferenceFailed("the vision-language model failed", stage="vlm") from exc
+            except Exception:
+                log.exception("the vision-language model failed", extra={"stage": "vlm"})
+                raise InferenceFailed("the vision-language model failed", stage="vlm") from None
             features, parsed = parse_features(answer.text)
         if not parsed:
             # The raw answer goes to the log (truncated), never into the response.

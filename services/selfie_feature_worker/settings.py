@@ -51,6 +51,13 @@ class SelfieSettings(ServiceSettings):
     # Extra context around the detected face, as a fraction of the box size on each side.
     crop_margin: float = Field(0.4, ge=0.0, le=2.0)
 
+    # --- back-pressure ---
+    # Analyses at once; each holds a decoded upload (a 40-megapixel photo is ~120 MB as RGB) in memory.
+    # Also advertised as ``concurrency`` on /healthz, so the interface sizes its per-worker budget to it.
+    max_concurrent: int = Field(2, ge=1, le=64)
+    # Requests that may wait for a free analysis; beyond it the worker answers 429 with Retry-After at once.
+    queue_limit: int = Field(4, ge=0, le=1024)
+
     # --- uploads ---
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     max_pixels: int = Field(40_000_000, ge=64 * 64)

@@ -23,6 +23,8 @@ pytestmark = pytest.mark.integration
 TOKEN_A = "llm-test-token-a-7f3e"
 TOKEN_B = "llm-test-token-b-91c2"
 TIMEOUT = httpx.Timeout(60.0, connect=5.0)
+# B's public name for its model; its calls to A (its "vLLM") must still use the real id, a local path.
+SERVED_NAME = "imgpod-chat-tiny"
 PERSONA = {
     "hair_color": "auburn",
     "hair_style": "long wavy",
@@ -93,7 +95,11 @@ class Cluster:
             "LLM_VLLM_API_KEY": TOKEN_A,  # B authenticates to A like it would to a keyed vLLM server
             "LLM_INTERNAL_TOKEN": TOKEN_B,
         }
-        self.b = ServiceProcess("services.llm_service.main", env=_env(models, **vllm_env), wait_healthy=False)
+        self.b = ServiceProcess(
+            "services.llm_service.main",
+            env=_env(models, **vllm_env, LLM_SERVED_MODEL_NAME=SERVED_NAME),
+            wait_healthy=False,
+        )
         # Captions of 14+ words cannot come out of 8 tokens: every attempt is too short, so a 502.
         strict = {"LLM_CAPTION_MIN_WORDS": "14", "LLM_CAPTION_MAX_NEW_TOKENS": "8", "LLM_MIN_NEW_TOKENS": "8"}
         self.strict = ServiceProcess(
@@ -142,6 +148,16 @@ def post(llm: tuple[str, dict[str, str]], path: str, body: object) -> httpx.Resp
     return httpx.post(url + path, json=body, headers=headers, timeout=TIMEOUT)
 
 
+def public_name(llm: tuple[str, dict[str, str]], models: dict[str, Path]) -> str:
+    """A has no served name, so its model (a local path) is named by its last component; B has one."""
+    return SERVED_NAME if llm[1]["Authorization"].endswith(TOKEN_B) else models["qwen_lm"].name
+
+
+def assert_no_paths(text: str, models: dict[str, Path]) -> None:
+    assert str(models["qwen_lm"]) not in text and str(models["qwen_lm"].parent) not in text
+    assert "/tmp" not in text
+
+
 def assert_error(resp: httpx.Response, status: int, code: str) -> dict[str, str]:
     assert resp.status_code == status, resp.text
     body = resp.json()
@@ -157,8 +173,9 @@ def test_healthz(llm: tuple[str, dict[str, str]], tiny_models: dict[str, Path]) 
     assert resp.status_code == 200
     body = resp.json()
     assert body["status"] == "ok" and body["service"] == "llm_service"
-    assert body["model"] == str(tiny_models["qwen_lm"])
+    assert body["model"] == public_name(llm, tiny_models)
     assert body["backend"] in ("transformers", "vllm")
+    assert_no_paths(resp.text, tiny_models)
 
 
 @pytest.mark.parametrize("kind", ["1to1", "shorts", "scenes"])
@@ -170,7 +187,8 @@ def test_expand_carries_persona_and_moderation(
                                                   "persona": PERSONA})  # fmt: skip
     assert resp.status_code == 200, resp.text
     body = resp.json()
-    assert body["source"] == "model" and body["model"] == str(tiny_models["qwen_lm"])
+    assert body["source"] == "model" and body["model"] == public_name(llm, tiny_models)
+    assert_no_paths(resp.text, tiny_models)
     assert body["shortened_message"] is None and body["shortened_by"] is None
     assert body["timings_ms"]["total"] > 0
     prompt = body["prompt"]
@@ -196,13 +214,17 @@ def test_long_message_is_shortened_before_expansion(llm: tuple[str, dict[str, st
 
 
 @pytest.mark.parametrize("prompt", ["a woman walking on a beach at sunset", "a nude figure, explicit scene"])
-def test_caption_is_10_to_15_safe_words_or_502(llm: tuple[str, dict[str, str]], prompt: str) -> None:
+def test_caption_is_10_to_15_safe_words_or_502(
+    llm: tuple[str, dict[str, str]], prompt: str, tiny_models: dict[str, Path]
+) -> None:
     resp = post(llm, "/v1/chat/1to1/caption", {"prompt": prompt, "message": "show me"})
+    assert_no_paths(resp.text, tiny_models)
     if resp.status_code == 502:
         assert_error(resp, 502, "unusable_model_output")
         return
     assert resp.status_code == 200, resp.text
     body = resp.json()
+    assert body["model"] == public_name(llm, tiny_models)
     assert 10 <= word_count(body["caption"]) <= 15 and body["word_count"] == word_count(body["caption"])
     assert body["source"] == "model" and isinstance(body["adjusted"], bool)
     from services.llm_service.safety import is_caption_safe
@@ -210,7 +232,7 @@ def test_caption_is_10_to_15_safe_words_or_502(llm: tuple[str, dict[str, str]], 
     assert is_caption_safe(body["caption"])
 
 
-def test_reply_in_character(llm: tuple[str, dict[str, str]]) -> None:
+def test_reply_in_character(llm: tuple[str, dict[str, str]], tiny_models: dict[str, Path]) -> None:
     # 50 long turns exceed the token budget: the service keeps the newest ones that fit.
     history = [
         {"role": "user" if i % 2 == 0 else "assistant", "content": "tell me more " * 100} for i in range(50)
@@ -218,12 +240,14 @@ def test_reply_in_character(llm: tuple[str, dict[str, str]]) -> None:
     resp = post(
         llm, "/v1/chat/1to1/reply", {"message": "how was your day?", "persona": PERSONA, "history": history}
     )
+    assert_no_paths(resp.text, tiny_models)
     if resp.status_code == 502:
         assert_error(resp, 502, "unusable_model_output")
         return
     assert resp.status_code == 200, resp.text
     body = resp.json()
     assert body["reply"] and body["source"] == "model" and "<|im_end|>" not in body["reply"]
+    assert body["model"] == public_name(llm, tiny_models)
 
 
 @pytest.mark.parametrize(
@@ -296,8 +320,11 @@ def test_caption_502_when_the_model_cannot_reach_the_length(cluster: Cluster) ->
 
 
 def test_missing_model_is_503_everywhere(cluster: Cluster) -> None:
-    health = cluster.missing.wait_for_health(503).json()
+    resp = cluster.missing.wait_for_health(503)
+    health = resp.json()
     assert health["status"] == "error" and "failed to load" in health["detail"]
+    # The unauthenticated health names the model by its last path component only.
+    assert health["model"] == "llm-model" and "/nonexistent" not in resp.text
     auth = (cluster.missing.url, {"Authorization": f"Bearer {TOKEN_A}"})
     for path, body in [
         ("/v1/chat/1to1/expand", {"message": "a fox"}),
@@ -305,12 +332,14 @@ def test_missing_model_is_503_everywhere(cluster: Cluster) -> None:
         ("/v1/chat/1to1/reply", {"message": "hi", "persona": PERSONA}),
     ]:
         detail = assert_error(post(auth, path, body), 503, "model_unavailable")["detail"]
-        assert "failed to load" in detail
+        assert "failed to load" in detail and "/nonexistent" not in detail
 
 
 def test_missing_model_with_template_fallback_answers_labelled_templates(cluster: Cluster) -> None:
     svc = cluster.missing_fallback
-    health = svc.wait_for_health(200).json()
+    health_resp = svc.wait_for_health(200)
+    health = health_resp.json()
+    assert "/nonexistent" not in health_resp.text
     # It answers (labelled templates), so it is in rotation, but says its model is not there.
     assert health["template_fallback"] is True
     assert health["status"] == "degraded" and health["detail"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,13 +75,23 @@ def astronaut_result(worker: ServiceProcess) -> dict:
     return resp.json()
 
 
+def assert_no_paths(text: str, model_dir: Path) -> None:
+    """Unauthenticated health and response bodies name models; they never say where they lie on disk."""
+    assert str(model_dir) not in text and str(model_dir.parent) not in text
+    assert "/tmp" not in text
+
+
 def test_healthz_names_models(worker: ServiceProcess, tiny_models: dict[str, Path]) -> None:
-    body = httpx.get(f"{worker.url}/healthz", timeout=5).json()
+    resp = httpx.get(f"{worker.url}/healthz", timeout=5)
+    body = resp.json()
     assert body["status"] == "ok"
     assert body["detector"] == "yolo"
     assert body["detector_weights"] == "320n.onnx"
-    assert body["model"] == str(tiny_models["qwen_vl"])
+    # The tiny model's id is a local path: only its last component is public.
+    assert body["model"] == tiny_models["qwen_vl"].name == "qwen2-vl-tiny"
     assert (body["device"], body["dtype"]) == ("cpu", "float32")
+    assert body["concurrency"] == 2
+    assert_no_paths(resp.text, tiny_models["qwen_vl"])
 
 
 def test_requires_internal_token(worker: ServiceProcess) -> None:
@@ -98,7 +109,8 @@ def test_astronaut_face_found(astronaut_result: dict, tiny_models: dict[str, Pat
     signals = face["signals"]
     assert 0.1 < signals["face_size_ratio"] < 0.4
     assert all(signals[k] is not None for k in ("sharpness", "exposure_mean", "clipped_fraction"))
-    assert astronaut_result["model"] == {"detector": "yolo:320n.onnx", "vlm": str(tiny_models["qwen_vl"])}
+    assert astronaut_result["model"] == {"detector": "yolo:320n.onnx", "vlm": "qwen2-vl-tiny"}
+    assert_no_paths(json.dumps(astronaut_result), tiny_models["qwen_vl"])
     assert set(astronaut_result["timings_ms"]) == {"decode", "detect", "quality", "vlm"}
 
 
@@ -215,3 +227,8 @@ def test_model_load_failure_keeps_process_up(
         resp = analyze(svc, encode(astronaut()))
         assert resp.status_code == 503
         assert resp.json()["code"] == "model_unavailable"
+        # A short public reason; the library's message (which names the missing path) is in the log only.
+        health = httpx.get(f"{svc.url}/healthz", timeout=5)
+        for text in (health.text, resp.text):
+            assert "no-such-model" not in text and str(tmp) not in text and "/tmp" not in text
+        assert "no-such-model" in svc.logs()

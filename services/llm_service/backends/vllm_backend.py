@@ -23,6 +23,7 @@ from shared.errors import (
     ValidationFailed,
 )
 from shared.http_client import RetryableUpstreamError, map_status, map_transport_error
+from shared.public_names import public_model_id
 
 log = logging.getLogger(__name__)
 STAGE = "vllm"
@@ -81,7 +82,8 @@ class VllmBackend:
         except (ValueError, AttributeError):
             return "vllm sent an unreadable model list"
         if self.model_id not in ids:
-            return f"vllm does not serve {self.model_id!r}"
+            # This reason is shown on the unauthenticated /healthz: the public name, never a path.
+            return f"vllm does not serve {public_model_id(self.model_id, self.settings.served_model_name)!r}"
         return None
 
     def count_tokens(self, text: str) -> int:

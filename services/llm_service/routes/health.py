@@ -24,7 +24,7 @@ async def healthz(engine: EngineDep) -> JSONResponse:
         status=state,
         service="llm_service",
         detail=detail,
-        model=engine.settings.model_id,
+        model=engine.public_model,  # unauthenticated: never a filesystem path
         device=backend.device,
         dtype=backend.dtype,
     ).model_dump()

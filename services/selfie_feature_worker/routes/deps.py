@@ -11,11 +11,11 @@ from services.selfie_feature_worker.settings import SelfieSettings
 from shared.errors import ModelUnavailable
 
 
-def get_settings(request: Request) -> SelfieSettings:
+async def get_settings(request: Request) -> SelfieSettings:
     return request.app.state.settings
 
 
-def get_analyzer(request: Request) -> SelfieAnalyzer:
+async def get_analyzer(request: Request) -> SelfieAnalyzer:
     state = request.app.state.models
     if state.analyzer is None:
         if state.loading:
