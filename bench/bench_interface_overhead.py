@@ -1,25 +1,57 @@
-"""Interface overhead: ``/v1/imagegen`` through the interface vs the worker's ``/v1/generate`` directly.
+"""Interface overhead: ``/v1/imagegen`` through the interface vs the upstream's ``/v1/generate`` directly.
 
-One tiny image worker on CPU (64x64, 1 step, so the model cost is small and the overhead shows), the
-interface in front of it. Closed loop: 200 sequential calls to each, interleaved, in the same run (median and
-p99). Open loop: fixed request rates, a bounded count of calls each.
+Two upstreams:
+
+- ``--upstream tiny`` (default): one tiny Z-Image worker on CPU (64x64, 1 step, so the model cost is small
+  and the overhead shows), the interface in front of it.
+- ``--upstream echo``: ``bench/echo_worker.py``, a real HTTP server that answers a fixed GenerateResponse
+  after no work: the latency-measurement upstream for rates (300 req/s) that any model on a CPU would
+  saturate. It measures what the interface adds per proxied call, not a model.
+
+Closed loop: ``--calls`` sequential calls to each, interleaved, in the same run (median and p99). Open loop:
+fixed request rates for ``--seconds`` each (a bounded count), direct and through the interface alternated for
+``--rounds`` rounds, printed side by side with the added latency (interface minus direct) and the CPU time
+per request of the interface process (psutil on its pid) and of the upstream.
 
     python -m bench.bench_interface_overhead [--calls 200] [--rates 2,5,10] [--seconds 4]
+    python -m bench.bench_interface_overhead --upstream echo --calls 300 --rates 300 --seconds 5 --rounds 4 \
+        --label before                                                 # about a minute
+    python -m bench.bench_interface_overhead --compare before after   # a before/after table of two runs
+
+The load generator is a lean keep-alive client (``bench.common.RawHttpClient``), so at 300 req/s it takes
+~0.15 ms of CPU per call instead of httpx's 2-7 ms, and leaves the cores to the servers it measures. On a
+small shared machine, check the ``others`` column (cores other processes kept busy during each path): a p99
+measured while they took a core says more about them than about the interface.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import json
+import os
 import time
+from collections import Counter
 from typing import Any
 
 import httpx
 
-from bench.common import open_loop, print_table, summary_ms, tiny_model_dir, write_results
-from bench.stack import AUTH, worker_and_interface
+from bench.common import (
+    RESULTS_DIR,
+    CpuMeter,
+    Outcome,
+    RawHttpClient,
+    open_loop,
+    percentile,
+    print_table,
+    run_async,
+    summary_ms,
+    tiny_model_dir,
+    write_results,
+)
+from bench.stack import AUTH, echo_and_interface, worker_and_interface
 
 BODY = {"prompt": "a lighthouse on a cliff", "width": 64, "height": 64, "steps": 1, "seed": 7}
+NAME = "bench_interface_overhead"
 
 
 def closed_loop(direct: str, via: str, calls: int) -> dict[str, Any]:
@@ -43,47 +75,95 @@ def closed_loop(direct: str, via: str, calls: int) -> dict[str, Any]:
     }
 
 
-async def rate_run(url: str, headers: dict[str, str], rate: float, count: int) -> dict[str, Any]:
-    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=200)) as http:
+async def _rate_run(
+    url: str, headers: dict[str, str], rate: float, count: int, meters: dict[str, CpuMeter], warmup: int
+) -> tuple[list[Outcome], float, dict[str, float]]:
+    # A lean client, so the load generator leaves the cores to the servers; its keep-alive pool grows to
+    # what the rate needs during the warm-up calls.
+    client = RawHttpClient(url, json.dumps(BODY).encode(), headers)
+    try:
+        if warmup:
+            await open_loop(client.call, rate, warmup)
+        for meter in meters.values():
+            meter.start()
+        outcomes, wall = await open_loop(client.call, rate, count)
+        cpu = {name: meter.stop() for name, meter in meters.items()}
+    finally:
+        await client.aclose()
+    return outcomes, wall, cpu
 
-        async def call() -> int:
-            return (await http.post(url, json=BODY, headers=headers)).status_code
 
-        outcomes, wall = await open_loop(call, rate, count)
-    ok = [o.seconds for o in outcomes if o.status == 200]
-    return {**summary_ms(ok), "errors": sum(o.status != 200 for o in outcomes), "wall_s": round(wall, 2)}
+def rate_pair(
+    direct: str, via: str, rate: float, count: int, rounds: int, meters: dict[str, CpuMeter], warmup: int
+) -> dict[str, Any]:
+    """``rounds`` segments of ``count`` calls each way at ``rate``, alternating which path goes first."""
+    runs: dict[str, dict[str, Any]] = {
+        p: {"outcomes": [], "wall": 0.0, "cpu": dict.fromkeys(meters, 0.0)} for p in ("direct", "interface")
+    }
+    for r in range(rounds):
+        order = [("direct", direct, AUTH), ("interface", via, {})]
+        for path, url, headers in order if r % 2 == 0 else order[::-1]:
+            outcomes, wall, cpu = run_async(_rate_run(url, headers, rate, count, meters, warmup))
+            run = runs[path]
+            run["outcomes"] += outcomes
+            run["wall"] += wall
+            for k, v in cpu.items():
+                run["cpu"][k] += v
+            time.sleep(0.3)
+    row: dict[str, Any] = {"rate_per_s": rate, "count": count * rounds, "rounds": rounds}
+    for path, run in runs.items():
+        outcomes: list[Outcome] = run["outcomes"]
+        ok = [o.seconds for o in outcomes if o.status == 200]
+        row[path] = {
+            **summary_ms(ok),
+            "errors": sum(o.status != 200 for o in outcomes),
+            "error_kinds": dict(Counter(str(o.status or o.error) for o in outcomes if o.status != 200)),
+            "achieved_per_s": round(len(outcomes) / run["wall"], 1),
+            "client_lag_p99_ms": round(percentile([o.lag * 1000 for o in outcomes], 99), 2),
+            "cpu_ms_per_req": {k: round(v * 1000 / len(outcomes), 3) for k, v in run["cpu"].items()},
+            # Cores kept busy by everything else on the machine while this path was measured: noise.
+            "other_cores_busy": round(
+                (run["cpu"]["machine"] - sum(v for k, v in run["cpu"].items() if k != "machine"))
+                / run["wall"],
+                2,
+            ),
+        }
+    row["added_p50_ms"] = round(row["interface"]["p50_ms"] - row["direct"]["p50_ms"], 2)
+    row["added_p99_ms"] = round(row["interface"]["p99_ms"] - row["direct"]["p99_ms"], 2)
+    return row
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--calls", type=int, default=200)
-    parser.add_argument("--rates", default="2,5,10")
-    parser.add_argument("--seconds", type=float, default=4.0, help="duration of each open-loop rate")
-    args = parser.parse_args()
-    rates = [float(r) for r in args.rates.split(",")]
-
-    with worker_and_interface(tiny_model_dir()) as (worker, api):
-        direct, via = worker.url + "/v1/generate", api.url + "/v1/imagegen"
-        closed = closed_loop(direct, via, args.calls)
-        open_rows = []
-        for rate in rates:
-            count = max(1, int(rate * args.seconds))
-            d = asyncio.run(rate_run(direct, AUTH, rate, count))
-            i = asyncio.run(rate_run(via, {}, rate, count))
-            open_rows.append({"rate_per_s": rate, "count": count, "direct": d, "interface": i})
-
+def print_results(
+    upstream: str, calls: int, closed: dict[str, Any] | None, rows: list[dict[str, Any]]
+) -> None:
+    if closed is not None:
+        print_table(
+            f"Closed loop ({upstream}), {calls} sequential calls each (interleaved), 64x64, 1 step",
+            ["path", "n", "p50 ms", "p99 ms", "mean ms"],
+            [
+                [name, s["n"], s["p50_ms"], s["p99_ms"], s["mean_ms"]]
+                for name, s in (("direct", closed["direct"]), ("interface", closed["interface"]))
+            ]
+            + [["added", "", closed["added_p50_ms"], closed["added_p99_ms"], ""]],
+        )
     print_table(
-        f"Closed loop, {args.calls} sequential calls each (interleaved), 64x64, 1 step",
-        ["path", "n", "p50 ms", "p99 ms", "mean ms"],
+        f"Open loop ({upstream}), fixed rates: direct vs through the interface (CPU: ms per request)",
         [
-            [name, s["n"], s["p50_ms"], s["p99_ms"], s["mean_ms"]]
-            for name, s in (("direct", closed["direct"]), ("interface", closed["interface"]))
-        ]
-        + [["added", "", closed["added_p50_ms"], closed["added_p99_ms"], ""]],
-    )
-    print_table(
-        "Open loop, fixed rates",
-        ["req/s", "n", "direct p50", "direct p99", "iface p50", "iface p99", "added p50", "errors"],
+            "req/s",
+            "n",
+            "direct p50",
+            "direct p99",
+            "iface p50",
+            "iface p99",
+            "added p50",
+            "added p99",
+            "iface CPU",
+            "upstream CPU",
+            "lag p99 d",
+            "lag p99 i",
+            "others",
+            "errors",
+        ],
         [
             [
                 r["rate_per_s"],
@@ -92,13 +172,117 @@ def main() -> None:
                 r["direct"]["p99_ms"],
                 r["interface"]["p50_ms"],
                 r["interface"]["p99_ms"],
-                round(r["interface"]["p50_ms"] - r["direct"]["p50_ms"], 2),
+                r["added_p50_ms"],
+                r["added_p99_ms"],
+                r["interface"]["cpu_ms_per_req"].get("interface", float("nan")),
+                r["direct"]["cpu_ms_per_req"].get("upstream", float("nan")),
+                r["direct"]["client_lag_p99_ms"],
+                r["interface"]["client_lag_p99_ms"],
+                f"{r['direct']['other_cores_busy']}/{r['interface']['other_cores_busy']}",
                 r["direct"]["errors"] + r["interface"]["errors"],
             ]
-            for r in open_rows
+            for r in rows
         ],
     )
-    write_results("bench_interface_overhead", {"body": BODY, "closed_loop": closed, "open_loop": open_rows})
+    print(
+        "  added = interface minus direct; iface CPU = interface process CPU per proxied call; upstream CPU ="
+        " upstream CPU per direct call;\n  lag p99 d/i = how late the load generator sent its calls (its own"
+        " delay) in the direct / interface runs;\n  others = cores kept busy by other processes on the"
+        " machine (direct/interface runs): noise"
+    )
+
+
+def compare(before: str, after: str) -> None:
+    """Side by side: the open-loop rows of two labelled runs (``--label``), matched by rate."""
+
+    def load(label: str) -> dict[str, Any]:
+        path = RESULTS_DIR / f"{NAME}-{label}.json"
+        return json.loads(path.read_text())
+
+    b, a = load(before), load(after)
+    rows = []
+    for rb in b["open_loop"]:
+        ra = next((r for r in a["open_loop"] if r["rate_per_s"] == rb["rate_per_s"]), None)
+        if ra is None:
+            continue
+        for metric, get in (
+            ("direct p50 ms", lambda r: r["direct"]["p50_ms"]),
+            ("direct p99 ms", lambda r: r["direct"]["p99_ms"]),
+            ("iface p50 ms", lambda r: r["interface"]["p50_ms"]),
+            ("iface p99 ms", lambda r: r["interface"]["p99_ms"]),
+            ("added p50 ms", lambda r: r["added_p50_ms"]),
+            ("added p99 ms", lambda r: r["added_p99_ms"]),
+            ("iface CPU ms/req", lambda r: r["interface"]["cpu_ms_per_req"]["interface"]),
+            ("upstream CPU ms/req", lambda r: r["direct"]["cpu_ms_per_req"]["upstream"]),
+        ):
+            vb, va = get(rb), get(ra)
+            rows.append([rb["rate_per_s"], metric, vb, va, round(va - vb, 2)])
+    print_table(
+        f"Before ({before}, {b.get('upstream')}) vs after ({after}, {a.get('upstream')})",
+        ["req/s", "metric", before, after, "change"],
+        rows,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--upstream", choices=("tiny", "echo"), default="tiny")
+    parser.add_argument("--calls", type=int, default=200, help="closed-loop calls each way (0: skip)")
+    parser.add_argument(
+        "--rates", default=None, help="open-loop req/s, comma separated (tiny: 2,5,10; echo: 300)"
+    )
+    parser.add_argument(
+        "--seconds", type=float, default=None, help="seconds per open-loop segment (4; echo 5)"
+    )
+    parser.add_argument("--max-count", type=int, default=20_000, help="cap on calls per segment")
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="direct/interface segments per rate (1; echo 4)"
+    )
+    parser.add_argument("--warmup", type=int, default=None, help="unmeasured calls before each segment")
+    parser.add_argument("--label", default=None, help="also write bench/results/<name>-<label>.json")
+    parser.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"), help="print two labelled runs")
+    args = parser.parse_args()
+    if args.compare:
+        compare(*args.compare)
+        return
+    echo = args.upstream == "echo"
+    rates = [float(r) for r in (args.rates or ("300" if echo else "2,5,10")).split(",")]
+    seconds = args.seconds if args.seconds is not None else (5.0 if echo else 4.0)
+    rounds = args.rounds or (4 if echo else 1)
+
+    stack = echo_and_interface() if echo else worker_and_interface(tiny_model_dir())
+    load_before = os.getloadavg()
+    with stack as (worker, api):
+        direct, via = worker.url + "/v1/generate", api.url + "/v1/imagegen"
+        meters = {
+            "interface": CpuMeter(api.proc.pid),  # type: ignore[union-attr]
+            "upstream": CpuMeter(worker.proc.pid),  # type: ignore[union-attr]
+            "bench": CpuMeter(os.getpid()),
+            "machine": CpuMeter(None),
+        }
+        closed = closed_loop(direct, via, args.calls) if args.calls > 0 else None
+        open_rows = []
+        for rate in rates:
+            count = min(args.max_count, max(1, int(rate * seconds)))
+            warmup = args.warmup if args.warmup is not None else min(count, int(rate))
+            open_rows.append(rate_pair(direct, via, rate, count, rounds, meters, warmup))
+
+    print_results(args.upstream, args.calls, closed, open_rows)
+    load = [round(v, 2) for v in (*load_before, *os.getloadavg())]
+    print(
+        f"  machine load average (1/5/15 min) before: {load[:3]}, after: {load[3:]}, cores: {os.cpu_count()}"
+    )
+    data = {
+        "upstream": args.upstream,
+        "body": BODY,
+        "closed_loop": closed,
+        "open_loop": open_rows,
+        "loadavg_before_after": load,
+    }
+    if args.label:
+        write_results(f"{NAME}-{args.label}", data)
+    else:  # bench_all reads the tiny run's closed loop from the plain name
+        write_results(NAME if args.upstream == "tiny" else f"{NAME}-echo", data)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@
 #   RUN_DIR            where pid files go (default /tmp)
 #   LOG_DIR            where logs go (default /tmp): LOG_DIR/<service>-<port>.log
 #   HEALTH_TIMEOUT_S   how long to wait for /healthz (default 900: a 7B model loads in minutes)
+#   STOP_TIMEOUT_S     how long the previous instance may drain before it is killed (default 340)
 set -euo pipefail
 
 name=${1:?usage: deploy_service.sh NAME}
@@ -88,9 +89,12 @@ if [ -f "$pid_file" ]; then
   old=$(cat "$pid_file")
   # Only a pid that is still this service's uvicorn: a stale file must not kill an unrelated process.
   if [ -n "$old" ] && kill -0 "$old" 2>/dev/null && tr '\0' ' ' <"/proc/$old/cmdline" 2>/dev/null | grep -q "$module"; then
-    echo "stopping previous $name (pid $old)"
+    # SIGTERM drains: it exits as soon as the requests it accepted are done (at once when idle), at the
+    # latest after its drain timeout; only then is the port free for the new instance.
+    stop_timeout=${STOP_TIMEOUT_S:-340}
+    echo "stopping previous $name (pid $old; draining, up to ${stop_timeout}s)"
     kill -TERM "$old"
-    for _ in $(seq 1 30); do kill -0 "$old" 2>/dev/null || break; sleep 1; done
+    for _ in $(seq 1 "$stop_timeout"); do kill -0 "$old" 2>/dev/null || break; sleep 1; done
     kill -0 "$old" 2>/dev/null && kill -KILL "$old"
   fi
   rm -f "$pid_file"
@@ -99,8 +103,9 @@ fi
 # --- start -------------------------------------------------------------------------------------------
 echo "starting $name on $host:$port, log $log_file"
 export HF_HUB_DISABLE_TELEMETRY=1 PYTHONUNBUFFERED=1
+# uvloop and httptools (uvicorn[standard]) named, not "auto": a venv without them fails here, loudly.
 setsid nohup "$py" -m uvicorn --factory "$module:create_app" --host "$host" --port "$port" \
-  --timeout-graceful-shutdown 30 >>"$log_file" 2>&1 </dev/null &
+  --loop uvloop --http httptools --timeout-graceful-shutdown 30 >>"$log_file" 2>&1 </dev/null &
 pid=$!
 echo "$pid" >"$pid_file"
 

@@ -32,7 +32,7 @@ for svc in "${IMG_POD_SERVICES[@]}"; do
     exit 1
   fi
   "$PY" -m uvicorn --factory "$(service_module "$svc"):create_app" --host 127.0.0.1 --port "$port" \
-    >"$STATE/logs/$svc-$port.log" 2>&1 &
+    --loop uvloop --http httptools >"$STATE/logs/$svc-$port.log" 2>&1 &
   pids[$svc]=$!
 done
 

@@ -6,4 +6,5 @@ name=${1:?usage: run_service.sh NAME [--reload] (NAME: interface llm selfie_feat
 shift
 # shellcheck source=scripts/prepare_local.sh
 source "$(dirname "$0")/prepare_local.sh"
-exec "$PY" -m uvicorn --factory "$(service_module "$name"):create_app" --host 127.0.0.1 --port "$(lp "$name")" "$@"
+exec "$PY" -m uvicorn --factory "$(service_module "$name"):create_app" --host 127.0.0.1 --port "$(lp "$name")" \
+  --loop uvloop --http httptools "$@"
