@@ -29,7 +29,7 @@ def create_app(settings: ImageSettings | None = None, *, role: Role | None = Non
 
     # Load in the background so /healthz answers 503 "loading" while a multi-GB model comes up.
     lifespan = loading_in_background(engine.start, engine.stop, name="image-engine-load")
-    routers = [health.router, generate.build_router(settings.role)]
+    routers = [health.router, *generate.ROLE_ROUTERS[settings.role]]
     if settings.test_hooks:
         engine.gate = Gate()
         routers.append(gate_router())

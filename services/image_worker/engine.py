@@ -18,6 +18,7 @@ from shared.errors import InferenceTimeout, ModelUnavailable, Overloaded, Policy
 from shared.metrics import ServiceMetrics
 from shared.models import MAX_SEED
 from shared.public_names import public_model_id
+from shared.roles import RoleName, policy_for
 from shared.test_hooks import Gate
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,6 @@ class ImageEngine:
         self.error: str | None = None
         self.devices: list[str] = []
         self.dtype: str | None = None
-        self.load_seconds: float | None = None
         self.batcher: Batcher | None = None
         self._pipelines: list[DevicePipeline] = []
         self.safety: OutputSafetyChecker | None = None
@@ -65,10 +65,15 @@ class ImageEngine:
             "imgpod_output_safety_blocked_total", "Generated images withheld as unsafe"
         )
 
-    @property
-    def checks_output(self) -> bool:
+    def checks_output(self, route_role: RoleName) -> bool:
+        """Whether images made on a route of this role get the pixel check (the route's role, not ours)."""
         mode = self.settings.output_safety
-        return mode == "on" or (mode == "auto" and self.settings.role in ("shorts", "scenes"))
+        return mode == "on" or (mode == "auto" and policy_for(route_role).pixel_check)
+
+    @property
+    def route_roles(self) -> tuple[RoleName, ...]:
+        """The roles of the routes this worker serves: the general /v1/generate and its own role's route."""
+        return ("general", self.settings.role) if self.settings.role != "general" else ("general",)
 
     async def start(self) -> None:
         """Load every pipeline off the event loop; failures are kept for /healthz, never raised."""
@@ -89,7 +94,7 @@ class ImageEngine:
                 )
                 if self.settings.warmup:
                     await asyncio.to_thread(self._warm_up, pipe)
-            if self.checks_output:
+            if any(self.checks_output(r) for r in self.route_roles):
                 # A moderated role without its output check must not serve: fail visibly instead.
                 try:
                     self.safety = await asyncio.to_thread(
@@ -112,9 +117,9 @@ class ImageEngine:
             )
             self.batcher.start()
             self.state = "ok"
-            self.load_seconds = time.perf_counter() - started
             log.info(
-                "image model ready", extra={"model": self.settings.model_id, "s": round(self.load_seconds, 2)}
+                "image model ready",
+                extra={"model": self.settings.model_id, "s": round(time.perf_counter() - started, 2)},
             )
         except Exception as exc:
             self._failed(exc)
@@ -166,7 +171,7 @@ class ImageEngine:
         negative = params.negative_prompt.strip() if params.negative_prompt else None
         return ImageJob(params.prompt, negative or None, seed, width, height, steps, guidance)
 
-    async def generate(self, params: GenerationParams) -> Generated:
+    async def generate(self, params: GenerationParams, route_role: RoleName) -> Generated:
         batcher = self.require_ready()
         job = self.make_job(params)
         if self.held >= self.settings.queue_limit:
@@ -180,12 +185,12 @@ class ImageEngine:
         self.held += 1
         started = time.perf_counter()
         try:
-            return await self._generate(batcher, job)
+            return await self._generate(batcher, job, self.checks_output(route_role))
         finally:
             self.held -= 1
             self._mean_request_s += 0.2 * (time.perf_counter() - started - self._mean_request_s)
 
-    async def _generate(self, batcher: Batcher, job: ImageJob) -> Generated:
+    async def _generate(self, batcher: Batcher, job: ImageJob, check_pixels: bool) -> Generated:
         if self.gate is not None:
             await self.gate.passthrough()
         try:
@@ -194,7 +199,8 @@ class ImageEngine:
             raise InferenceTimeout(
                 f"image generation took longer than {self.settings.inference_timeout_s:g} s", stage="image"
             ) from exc
-        if self.safety is not None:
+        if check_pixels:
+            assert self.safety is not None, "loaded at start-up for every route role that checks pixels"
             verdict: SafetyVerdict = await asyncio.to_thread(self.safety.check, result.image)
             if not verdict.safe:
                 self.m_unsafe.inc()
@@ -204,7 +210,7 @@ class ImageEngine:
         # The pipeline's limit, which load() may have lowered below the setting to fit the checkpoint.
         tokens = result.prompt_tokens
         truncated = tokens > self._pipelines[0].max_sequence_length
-        return Generated(result, job, tokens, truncated, safety_checked=self.safety is not None)
+        return Generated(result, job, tokens, truncated, safety_checked=check_pixels)
 
 
 def _public_load_error(exc: Exception) -> str:

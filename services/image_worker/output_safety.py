@@ -1,4 +1,4 @@
-"""A look at the generated pixels for the moderated roles (shorts, scenes), after the text policy.
+"""A look at the generated pixels, after the text policy, on routes whose role asks for it (shared/roles.py).
 
 Text rules can be talked around and a diffusion model can still draw what the prompt avoided; nudenet's
 detector (a YOLOv8 ONNX model with exposed/covered body-part classes, bundled in its wheel) checks the image

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from services.image_worker.devices import resolve_dtype
 from shared.logging_config import quiet_progress_bars
+from shared.torch_devices import resolve_dtype
 
 log = logging.getLogger(__name__)
 _TOKEN_BUCKET = 64

@@ -7,9 +7,11 @@ from typing import ClassVar, Literal
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from shared.roles import RoleName
 from shared.settings import ServiceSettings
 
-Role = Literal["general", "profile", "chat1to1", "shorts", "scenes"]
+# A worker's role picks its own route (besides /v1/generate); the policy of each role is in shared/roles.py.
+Role = RoleName
 
 
 class ImageSettings(ServiceSettings):
@@ -43,7 +45,8 @@ class ImageSettings(ServiceSettings):
     compile: bool = False
     # A caller waiting longer than this gets a 504; the pipeline call itself cannot be interrupted.
     inference_timeout_s: float = Field(300.0, gt=0)
-    # "auto": check generated images on the moderated roles (shorts, scenes) only.
+    # "auto": check generated images on the routes whose role asks for it (shared/roles.py: general, shorts,
+    # scenes); "on": on every route; "off": never.
     output_safety: Literal["auto", "on", "off"] = "auto"
     output_safety_threshold: float = Field(0.45, ge=0.0, le=1.0)
     # Empty: the detector bundled with nudenet.

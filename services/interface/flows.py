@@ -17,6 +17,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from services.interface.pool_set import Pools
 from services.interface.pools import WorkerPool
 from services.interface.settings import InterfaceSettings
 from shared.errors import ImgPodError, PolicyBlocked, UpstreamFailed, ValidationFailed
@@ -35,9 +36,9 @@ from shared.models import (
     ReplyResponse,
 )
 from shared.policy import PolicyDecision, check_expanded_prompt, evaluate_private_chat, sanitize_general
+from shared.roles import ChatKind, chat_policy
 from shared.timings import StageTimer
 
-ChatKind = Literal["1to1", "shorts", "scenes"]
 M = TypeVar("M", bound=BaseModel)
 # Ten to fifteen words, safe whatever the image shows: used only when the caption stage fails, and labelled.
 TEMPLATE_CAPTION = "Here is the picture you asked for, made just for you in this chat."
@@ -58,7 +59,7 @@ def enforce(decision: PolicyDecision, stage: str) -> str:
     return decision.prompt
 
 
-async def judge(check: Callable[[str], PolicyDecision], text: str) -> PolicyDecision:
+async def check_text(check: Callable[[str], PolicyDecision], text: str) -> PolicyDecision:
     """Run a policy check, off the event loop when the text is long enough to cost real CPU."""
     if len(text) <= _INLINE_POLICY_CHARS:
         return check(text)
@@ -83,23 +84,6 @@ def check_size(pool: WorkerPool, width: int | None, height: int | None, steps: i
         raise ValidationFailed(f"steps: at most {limits.max_steps} on this deployment")
 
 
-@dataclass(slots=True)
-class Pools:
-    profile: WorkerPool
-    selfie: WorkerPool
-    chat1to1: WorkerPool
-    shorts: WorkerPool
-    scenes: WorkerPool
-    text2img: WorkerPool
-    llm: WorkerPool
-
-    def all(self) -> list[WorkerPool]:
-        return [self.profile, self.selfie, self.chat1to1, self.shorts, self.scenes, self.text2img, self.llm]
-
-    def chat_pool(self, kind: ChatKind) -> WorkerPool:
-        return {"1to1": self.chat1to1, "shorts": self.shorts, "scenes": self.scenes}[kind]
-
-
 @dataclass(frozen=True, slots=True)
 class ChatJob:
     kind: ChatKind
@@ -108,7 +92,7 @@ class ChatJob:
 
     @property
     def moderated(self) -> bool:
-        return self.kind != "1to1"
+        return chat_policy(self.kind).soft_block
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +108,7 @@ class TextImageJob:
 class Flows:
     def __init__(self, pools: Pools, settings: InterfaceSettings) -> None:
         self.pools = pools
-        self.s = settings
+        self.settings = settings
 
     # --- profile ---------------------------------------------------------------------------------------
 
@@ -137,7 +121,7 @@ class Flows:
                 "POST",
                 "/v1/profile/analyze",
                 stage="analyze",
-                timeout_s=self.s.analyze_timeout_s,
+                timeout_s=self.settings.analyze_timeout_s,
                 files={"file": (filename, image, content_type)},
             )
         analysis = parse_upstream(AnalyzeResponse, body, "analyze")
@@ -151,7 +135,7 @@ class Flows:
                 "POST",
                 "/v1/profile/generate",
                 stage="generate",
-                timeout_s=self.s.generate_timeout_s,
+                timeout_s=self.settings.generate_timeout_s,
                 json={k: v for k, v in request.items() if v is not None},
             )
         generated = parse_upstream(GenerateResponse, body, "generate")
@@ -168,8 +152,10 @@ class Flows:
     # --- chat images -----------------------------------------------------------------------------------
 
     async def prepare_chat_image(self, kind: ChatKind, req: ChatImageRequest) -> ChatJob:
-        moderated = kind != "1to1"
-        enforce(await judge(sanitize_general if moderated else evaluate_private_chat, req.message), "policy")
+        moderated = chat_policy(kind).soft_block
+        enforce(
+            await check_text(sanitize_general if moderated else evaluate_private_chat, req.message), "policy"
+        )
         check_size(self.pools.chat_pool(kind), req.width, req.height)
         return ChatJob(kind, req, fixed_seed(req.seed))
 
@@ -181,13 +167,13 @@ class Flows:
                 "POST",
                 f"/v1/chat/{kind}/expand",
                 stage="expand",
-                timeout_s=self.s.expand_timeout_s,
+                timeout_s=self.settings.expand_timeout_s,
                 json=req.model_dump(include={"message", "history", "persona"}, exclude_none=True),
             )
         expanded = parse_upstream(ExpandResponse, body, "expand")
         # The LLM can turn an innocent message into a blocked prompt: check again before any pixels exist.
         with timer.stage("policy_expanded"):
-            decision = await judge(
+            decision = await check_text(
                 lambda text: check_expanded_prompt(text, moderated=job.moderated), expanded.prompt
             )
             prompt = enforce(decision, "policy_expanded")
@@ -196,7 +182,7 @@ class Flows:
                 "POST",
                 f"/v1/chat/{kind}/generate",
                 stage="generate",
-                timeout_s=self.s.generate_timeout_s,
+                timeout_s=self.settings.generate_timeout_s,
                 json={
                     "prompt": prompt,
                     "seed": job.seed,
@@ -226,24 +212,24 @@ class Flows:
                     "POST",
                     "/v1/chat/1to1/caption",
                     stage="caption",
-                    timeout_s=self.s.caption_timeout_s,
+                    timeout_s=self.settings.caption_timeout_s,
                     json={"prompt": prompt[:2000], "message": message},
                 )
                 caption = parse_upstream(CaptionResponse, body, "caption")
                 return caption.caption, caption.source
             except ImgPodError:
-                if not self.s.caption_fallback:
+                if not self.settings.caption_fallback:
                     raise
                 return TEMPLATE_CAPTION, "template"
 
     # --- text to image ---------------------------------------------------------------------------------
 
     async def prepare_private_image(self, req: ImageGenRequest) -> TextImageJob:
-        prompt = enforce(await judge(evaluate_private_chat, req.prompt), "policy")
+        prompt = enforce(await check_text(evaluate_private_chat, req.prompt), "policy")
         return self._text_job(self.pools.chat1to1, "/v1/chat/1to1/generate", req, prompt, False)
 
     async def prepare_general_image(self, req: ImageGenRequest) -> TextImageJob:
-        decision = await judge(sanitize_general, req.prompt)
+        decision = await check_text(sanitize_general, req.prompt)
         prompt = enforce(decision, "policy")
         return self._text_job(self.pools.text2img, "/v1/generate", req, prompt, decision.soft_blocked)
 
@@ -260,7 +246,7 @@ class Flows:
                 "POST",
                 job.path,
                 stage="generate",
-                timeout_s=self.s.generate_timeout_s,
+                timeout_s=self.settings.generate_timeout_s,
                 json={
                     **job.req.model_dump(exclude={"prompt", "seed"}, exclude_none=True),
                     "prompt": job.prompt,
@@ -283,7 +269,7 @@ class Flows:
     # --- reply -----------------------------------------------------------------------------------------
 
     async def prepare_reply(self, req: ReplyRequest) -> ReplyRequest:
-        enforce(await judge(evaluate_private_chat, req.message), "policy")
+        enforce(await check_text(evaluate_private_chat, req.message), "policy")
         return req
 
     async def reply(self, req: ReplyRequest) -> ReplyResponse:
@@ -293,7 +279,7 @@ class Flows:
                 "POST",
                 "/v1/chat/1to1/reply",
                 stage="reply",
-                timeout_s=self.s.reply_timeout_s,
+                timeout_s=self.settings.reply_timeout_s,
                 json=req.model_dump(),
             )
         reply = parse_upstream(ReplyResponse, body, "reply")

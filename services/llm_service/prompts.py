@@ -6,16 +6,17 @@ check the builders directly (moderation rules for shorts/scenes only, persona tr
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
-from typing import Literal
 
 from services.llm_service.backends.base import ChatMessage
 from services.llm_service.cleaning import truncate_chars
 from shared.models import ChatTurn, Features
+from shared.persona import describe_persona, persona_notes
+from shared.roles import CHAT_KIND_ROLE, ChatKind, chat_policy
 
-ExpandKind = Literal["1to1", "shorts", "scenes"]
-MODERATED_KINDS: frozenset[str] = frozenset({"shorts", "scenes"})
+ExpandKind = ChatKind
+# Which expansions get coverage rules and the safety clause: declared per role in shared/roles.py.
+MODERATED_KINDS: frozenset[str] = frozenset(k for k in CHAT_KIND_ROLE if chat_policy(k).moderated_expansion)
 
 EXPAND_SYSTEM = (
     "You write prompts for a text-to-image model. From the chat below, describe the ONE picture the user "
@@ -59,55 +60,10 @@ REPLY_SYSTEM = (
     "and do not describe yourself as an AI or a language model."
 )
 
-_TRAIT_WS = re.compile(r"\s+")
-
-
-def _trait(value: str | None) -> str | None:
-    if value is None:
-        return None
-    text = _TRAIT_WS.sub(" ", "".join(c for c in value if c.isprintable())).strip(" ,.;")
-    return text or None
-
-
-def _with_noun(value: str, noun: str) -> str:
-    return value if value.lower().endswith(noun) else f"{value} {noun}"
-
-
-def persona_traits(persona: Features | None) -> list[str]:
-    """The persona's appearance as short phrases, built deterministically (the same every call)."""
-    if persona is None:
-        return []
-    out: list[str] = []
-    gender = _trait(persona.gender_presentation)
-    age = _trait(persona.age_range)
-    if gender:
-        neutral = gender.lower() in {"androgynous", "non-binary", "neutral"}
-        out.append(_with_noun(gender, "person") if neutral else gender)
-    if age:
-        out.append(f"age {age}")
-    hair = " ".join(v for v in (_trait(persona.hair_style), _trait(persona.hair_color)) if v)
-    if hair:
-        out.append(_with_noun(hair, "hair"))
-    if eyes := _trait(persona.eye_color):
-        out.append(_with_noun(eyes, "eyes"))
-    if skin := _trait(persona.skin_tone):
-        out.append(_with_noun(skin, "skin"))
-    facial = _trait(persona.facial_hair)
-    if facial:
-        out.append("clean-shaven" if facial.lower() in {"none", "no", "no facial hair"} else facial)
-    if persona.glasses is True:
-        out.append("wearing glasses")
-    elif persona.glasses is False:
-        out.append("no glasses")
-    accessories = [a for a in (_trait(x) for x in persona.accessories) if a]
-    if accessories:
-        out.append("wearing " + ", ".join(accessories))
-    return out
-
 
 def character_descriptor(persona: Features | None) -> str:
-    traits = persona_traits(persona)
-    return ("the same character: " + ", ".join(traits)) if traits else ""
+    descriptor = describe_persona(persona)
+    return f"the same character: {descriptor}" if descriptor else ""
 
 
 def _history_block(history: Sequence[ChatTurn]) -> str:
@@ -130,8 +86,8 @@ def build_expand_messages(
         sections.append("Conversation so far:\n" + _history_block(history))
     sections.append(f"Latest message: {message}")
     sections.append(f"Character appearance (keep exactly): {descriptor or 'not specified'}")
-    if persona is not None and (desc := _trait(persona.description)):
-        sections.append(f"Character notes: {desc}")
+    if notes := persona_notes(persona):
+        sections.append(f"Character notes: {notes}")
     sections.append("Write the image prompt now.")
     return [
         {"role": "system", "content": expand_system_prompt(kind)},
@@ -160,11 +116,10 @@ def build_caption_messages(
 
 def reply_system_prompt(persona: Features) -> str:
     parts = [REPLY_SYSTEM]
-    traits = persona_traits(persona)
-    if traits:
-        parts.append("Your appearance: " + ", ".join(traits) + ".")
-    if desc := _trait(persona.description):
-        parts.append(f"About you: {desc}")
+    if descriptor := describe_persona(persona):
+        parts.append(f"Your appearance: {descriptor}.")
+    if notes := persona_notes(persona):
+        parts.append(f"About you: {notes}")
     return "\n\n".join(parts)
 
 

@@ -41,6 +41,8 @@ def settings_for(model_dir: Path, **overrides: Any) -> ImageSettings:
         # Generous so that jobs submitted in one burst always meet in one call, even on a loaded machine.
         "batch_wait_ms": 200.0,
         "warmup": False,
+        # These tests are about batching: no pixel check on any route.
+        "output_safety": "off",
         **overrides,
     }
     return ImageSettings(**values)
@@ -81,12 +83,12 @@ def test_same_size_jobs_are_batched_and_keep_their_seed(tiny_models: dict[str, P
     seeds = [3, 14, 15, 92]
 
     async def scenario(engine: ImageEngine) -> tuple[list[Any], list[Any], float, float]:
-        together = await asyncio.gather(*(engine.generate(params("a red fox", s)) for s in seeds))
+        together = await asyncio.gather(*(engine.generate(params("a red fox", s), "chat1to1") for s in seeds))
         count, total = (
             sample(engine, "imgpod_image_batch_size_count"),
             sample(engine, "imgpod_image_batch_size_sum"),
         )
-        alone = [await engine.generate(params("a red fox", s)) for s in seeds]
+        alone = [await engine.generate(params("a red fox", s), "chat1to1") for s in seeds]
         return together, alone, count, total
 
     together, alone, count, total = with_engine(settings_for(tiny_models["zimage"]), scenario)
@@ -106,7 +108,7 @@ def test_different_sizes_are_not_mixed(tiny_models: dict[str, Path]) -> None:
 
     async def scenario(engine: ImageEngine) -> tuple[list[Any], float, float]:
         out = await asyncio.gather(
-            *(engine.generate(params("a boat", i, w, h)) for i, (w, h) in enumerate(sizes))
+            *(engine.generate(params("a boat", i, w, h), "chat1to1") for i, (w, h) in enumerate(sizes))
         )
         return (
             out,
@@ -143,7 +145,8 @@ def test_one_bad_item_does_not_fail_the_batch(
 
     async def scenario(engine: ImageEngine) -> tuple[list[Any], float]:
         out = await asyncio.gather(
-            *(engine.generate(params(p, i)) for i, p in enumerate(prompts)), return_exceptions=True
+            *(engine.generate(params(p, i), "chat1to1") for i, p in enumerate(prompts)),
+            return_exceptions=True,
         )
         return out, sample(engine, "imgpod_image_failures_total")
 
@@ -162,7 +165,7 @@ def test_two_pipelines_both_serve(tiny_models: dict[str, Path]) -> None:
 
     async def scenario(engine: ImageEngine) -> tuple[dict[str, Any], list[Any], dict[str, float]]:
         health = json.loads((await healthz(engine)).body)
-        out = await asyncio.gather(*(engine.generate(params("a tree", i)) for i in range(8)))
+        out = await asyncio.gather(*(engine.generate(params("a tree", i), "chat1to1") for i in range(8)))
         counts = {
             label: sample(engine, "imgpod_model_inference_seconds_count", {"device": label})
             for label in ("cpu#0", "cpu#1")
@@ -188,7 +191,7 @@ def test_longest_prompt_fits_a_short_rope_axis(tiny_models: dict[str, Path]) -> 
     settings = settings_for(tiny_models["zimage"], max_sequence_length=512)
 
     async def scenario(engine: ImageEngine) -> Any:
-        return await engine.generate(params("0" * 2000, 1, 16, 16))
+        return await engine.generate(params("0" * 2000, 1, 16, 16), "chat1to1")
 
     out = with_engine(settings, scenario)
     assert out.result.image.size == (16, 16)

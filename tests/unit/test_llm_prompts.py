@@ -14,9 +14,9 @@ from services.llm_service.prompts import (
     character_descriptor,
     compose_expanded_prompt,
     expand_system_prompt,
-    persona_traits,
 )
 from shared.models import ChatTurn, Features
+from shared.persona import describe_persona
 
 PERSONA = Features(
     hair_color="auburn",
@@ -30,8 +30,8 @@ PERSONA = Features(
     accessories=["silver necklace", "red scarf"],
     description="A cheerful photographer who loves the sea.",
 )
-TRAITS = ["auburn", "long wavy", "green eyes", "fair skin", "25-34", "woman", "clean-shaven", "glasses",
-          "silver necklace", "red scarf"]  # fmt: skip
+# The wording itself is tested once, in test_persona.py; here only that each prompt carries it whole.
+DESCRIPTOR = describe_persona(PERSONA)
 
 
 @pytest.mark.parametrize("kind", ["shorts", "scenes"])
@@ -54,37 +54,16 @@ def test_expand_messages_carry_persona_and_instruction_to_keep_it(kind: str) -> 
     messages = build_expand_messages(kind, "at the beach", [ChatTurn(role="user", content="hi")], PERSONA)
     assert "keep every trait exactly" in messages[0]["content"]
     user = messages[1]["content"]
-    for trait in TRAITS:
-        assert trait in user
+    assert f"Character appearance (keep exactly): the same character: {DESCRIPTOR}\n" in user
+    assert "Character notes: A cheerful photographer who loves the sea" in user
     assert "at the beach" in user and "user: hi" in user
 
 
-def test_persona_traits_are_deterministic_and_complete() -> None:
-    traits = persona_traits(PERSONA)
-    assert traits == persona_traits(PERSONA)
-    assert traits == [
-        "woman",
-        "age 25-34",
-        "long wavy auburn hair",
-        "green eyes",
-        "fair skin",
-        "clean-shaven",
-        "wearing glasses",
-        "wearing silver necklace, red scarf",
-    ]
-
-
-def test_persona_traits_do_not_double_nouns_and_skip_missing() -> None:
-    traits = persona_traits(Features(hair_color="black hair", eye_color="brown eyes", glasses=False))
-    assert traits == ["black hair", "brown eyes", "no glasses"]
-    assert persona_traits(None) == []
-    assert persona_traits(Features()) == []
-    assert character_descriptor(None) == ""
-
-
-def test_persona_values_are_sanitised() -> None:
-    traits = persona_traits(Features(hair_color="  red\n\x00 ", facial_hair="full beard"))
-    assert traits == ["red hair", "full beard"]
+def test_expand_messages_without_persona() -> None:
+    user = build_expand_messages("1to1", "a fox", [], None)[1]["content"]
+    assert "Character appearance (keep exactly): not specified" in user
+    assert "Character notes" not in user
+    assert character_descriptor(None) == "" and character_descriptor(Features()) == ""
 
 
 @pytest.mark.parametrize("kind", ["1to1", "shorts", "scenes"])
@@ -93,8 +72,7 @@ def test_compose_keeps_persona_whatever_the_scene(kind: str) -> None:
     for scene in ["", "junk qq zz", "x" * 5000]:
         prompt = compose_expanded_prompt(kind, descriptor, scene, max_chars=2000)
         assert len(prompt) <= 2000
-        for trait in TRAITS:
-            assert trait in prompt
+        assert prompt.startswith(f"The same character: {DESCRIPTOR}.")
         if kind == "1to1":
             assert SAFETY_CLAUSE not in prompt
         else:
@@ -114,5 +92,6 @@ def test_shorten_caption_reply_builders() -> None:
     history = [ChatTurn(role="user", content="hello"), ChatTurn(role="assistant", content="hi!")]
     reply = build_reply_messages(PERSONA, "how are you?", history)
     assert [m["role"] for m in reply] == ["system", "user", "assistant", "user"]
-    assert "auburn" in reply[0]["content"] and "photographer" in reply[0]["content"]
+    assert f"Your appearance: {DESCRIPTOR}." in reply[0]["content"]
+    assert "About you: A cheerful photographer" in reply[0]["content"]
     assert reply[-1]["content"] == "how are you?"

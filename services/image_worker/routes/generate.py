@@ -14,13 +14,7 @@ from services.image_worker.profile_prompt import build_profile_prompt
 from services.image_worker.settings import Role
 from shared.images import encode_image_base64
 from shared.models import GenerateRequest, GenerateResponse, ImageFormat, ProfileGenerateRequest
-
-ROLE_ROUTES: dict[Role, str] = {
-    "profile": "/v1/profile/generate",
-    "chat1to1": "/v1/chat/1to1/generate",
-    "shorts": "/v1/chat/shorts/generate",
-    "scenes": "/v1/chat/scenes/generate",
-}
+from shared.roles import RoleName
 
 
 async def run_generation(
@@ -28,10 +22,11 @@ async def run_generation(
     params: GenerationParams,
     output_format: ImageFormat,
     *,
+    route_role: RoleName,
     soft_blocked: bool = False,
 ) -> GenerateResponse:
     started = time.perf_counter()
-    generated = await engine.generate(params)
+    generated = await engine.generate(params, route_role)
     encode_started = time.perf_counter()
     # 200-400 ms for a 1024x1024 PNG: on the loop it would stall /healthz past the interface's probe timeout.
     image_b64 = await asyncio.to_thread(encode_image_base64, generated.result.image, output_format)
@@ -74,33 +69,62 @@ def params_from(req: GenerateRequest, prompt: str | None = None) -> GenerationPa
     )
 
 
-def build_router(role: Role) -> APIRouter:
-    router = APIRouter(tags=["generate"])
+# One router per route, each path written out where it is served; a worker mounts the general router and
+# its own role's router (role_routers).
+general = APIRouter(tags=["generate"])
+profile = APIRouter(tags=["generate"])
+chat1to1 = APIRouter(tags=["generate"])
+shorts = APIRouter(tags=["generate"])
+scenes = APIRouter(tags=["generate"])
 
-    @router.post("/v1/generate", response_model=GenerateResponse)
-    async def generate(req: GenerateRequest, engine: EngineDep) -> GenerateResponse:
-        """Text to image with the worker's engine (the interface's general pool): hard block only."""
-        checked = await moderate(req.prompt, role, moderated_route=False)
-        return await run_generation(engine, params_from(req, checked.prompt), req.output_format)
 
-    if role == "profile":
+@general.post("/v1/generate", response_model=GenerateResponse)
+async def generate(req: GenerateRequest, engine: EngineDep) -> GenerateResponse:
+    """Text to image for the interface's general pool, with the general role's policy on any worker."""
+    return await _generate_text(req, engine, "general")
 
-        @router.post(ROLE_ROUTES["profile"], response_model=GenerateResponse)
-        async def profile_generate(req: ProfileGenerateRequest, engine: EngineDep) -> GenerateResponse:
-            """An avatar from selfie features, in the house style unless a style is given."""
-            prompt = (
-                await moderate(build_profile_prompt(req.features, req.style), role, moderated_route=False)
-            ).prompt
-            params = GenerationParams(prompt, None, req.seed, req.width, req.height, req.steps, None)
-            return await run_generation(engine, params, req.output_format)
 
-    elif role in ROLE_ROUTES:
+@profile.post("/v1/profile/generate", response_model=GenerateResponse)
+async def profile_generate(req: ProfileGenerateRequest, engine: EngineDep) -> GenerateResponse:
+    """An avatar from selfie features, in the house style unless a style is given."""
+    prompt = (await moderate(build_profile_prompt(req.features, req.style), "profile")).prompt
+    params = GenerationParams(prompt, None, req.seed, req.width, req.height, req.steps, None)
+    return await run_generation(engine, params, req.output_format, route_role="profile")
 
-        @router.post(ROLE_ROUTES[role], response_model=GenerateResponse)
-        async def role_generate(req: GenerateRequest, engine: EngineDep) -> GenerateResponse:
-            checked = await moderate(req.prompt, role, moderated_route=True)
-            return await run_generation(
-                engine, params_from(req, checked.prompt), req.output_format, soft_blocked=checked.soft_blocked
-            )
 
-    return router
+@chat1to1.post("/v1/chat/1to1/generate", response_model=GenerateResponse)
+async def chat1to1_generate(req: GenerateRequest, engine: EngineDep) -> GenerateResponse:
+    """A 1:1 chat image: hard block only."""
+    return await _generate_text(req, engine, "chat1to1")
+
+
+@shorts.post("/v1/chat/shorts/generate", response_model=GenerateResponse)
+async def shorts_generate(req: GenerateRequest, engine: EngineDep) -> GenerateResponse:
+    """A shorts image: soft block and the pixel check."""
+    return await _generate_text(req, engine, "shorts")
+
+
+@scenes.post("/v1/chat/scenes/generate", response_model=GenerateResponse)
+async def scenes_generate(req: GenerateRequest, engine: EngineDep) -> GenerateResponse:
+    """A scenes image: soft block and the pixel check."""
+    return await _generate_text(req, engine, "scenes")
+
+
+async def _generate_text(req: GenerateRequest, engine: ImageEngine, route_role: RoleName) -> GenerateResponse:
+    checked = await moderate(req.prompt, route_role)
+    return await run_generation(
+        engine,
+        params_from(req, checked.prompt),
+        req.output_format,
+        route_role=route_role,
+        soft_blocked=checked.soft_blocked,
+    )
+
+
+ROLE_ROUTERS: dict[Role, list[APIRouter]] = {
+    "general": [general],
+    "profile": [general, profile],
+    "chat1to1": [general, chat1to1],
+    "shorts": [general, shorts],
+    "scenes": [general, scenes],
+}
