@@ -14,8 +14,8 @@ import httpx
 
 from bench.common import print_table, write_results
 from bench.stack import AUTH, worker_env
+from devtools.service_process import ServiceProcess
 from shared.tiny_models.build import build_all
-from tests.helpers.server import ServiceProcess
 
 REPEATS = 5
 

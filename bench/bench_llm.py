@@ -20,8 +20,8 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from devtools.service_process import ServiceProcess  # noqa: E402
 from shared.tiny_models.build import build_all  # noqa: E402
-from tests.helpers.server import ServiceProcess  # noqa: E402
 
 PERSONA = {"hair_color": "auburn", "hair_style": "long wavy", "eye_color": "green", "skin_tone": "fair",
            "age_range": "25-34", "gender_presentation": "woman", "glasses": True}  # fmt: skip

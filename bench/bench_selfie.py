@@ -15,10 +15,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from devtools.photos import astronaut, encode
 from services.selfie_feature_worker.app import load_analyzer
 from services.selfie_feature_worker.settings import SelfieSettings
 from shared.tiny_models.build import build_all
-from tests.helpers.photos import astronaut, encode
 
 STAGES = ("decode", "detect", "quality", "vlm")
 

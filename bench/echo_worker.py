@@ -5,7 +5,8 @@ itself adds per proxied call at hundreds of requests per second, a rate at which
 (tens of ms of CPU per call) would saturate a small machine and bury the overhead under queueing.
 
 It is a real HTTP server (FastAPI under uvicorn, started like every service by
-``tests.helpers.server.ServiceProcess("bench.echo_worker")``) that speaks the image worker's wire protocol:
+``devtools.service_process.ServiceProcess("bench.echo_worker")``) that speaks the image worker's wire
+protocol:
 
 - ``GET /healthz``: 200 ``{"status": "ok", "concurrency": N, "max_batch": 1}`` (N from ``ECHO_CONCURRENCY``,
   default 8), so the interface's pool puts it in rotation and sizes its queue as for an image worker;

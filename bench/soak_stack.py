@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import psutil
 
-from tests.helpers.server import ServiceProcess, all_running
+from devtools.service_process import ServiceProcess, all_running
 
 TOKEN = "soak-internal-token"
 API_KEY = "soak-client-key"

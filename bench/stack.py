@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.helpers.server import ServiceProcess
+from devtools.service_process import ServiceProcess
 
 TOKEN = "bench-internal-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -1,14 +1,14 @@
-"""Real photos from scikit-image, encoded as uploads, and hand-made bad uploads for the selfie tests."""
+"""Variants of the astronaut photo (``devtools.photos``) and hand-made bad uploads for the selfie tests."""
 
 from __future__ import annotations
 
-import io
 import struct
 import zlib
 
 import numpy as np
 from PIL import Image, ImageFilter
-from skimage import data
+
+from devtools.photos import astronaut, encode
 
 # Where the astronaut's face is in skimage.data.astronaut() (512x512): x 170-280, y 75-190.
 ASTRONAUT_FACE = (170, 75, 110, 115)
@@ -20,18 +20,6 @@ def iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
     ih = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
     inter = iw * ih
     return inter / float(a[2] * a[3] + b[2] * b[3] - inter)
-
-
-def encode(img: Image.Image | np.ndarray, fmt: str = "PNG", **kwargs: object) -> bytes:
-    if isinstance(img, np.ndarray):
-        img = Image.fromarray(img)
-    buf = io.BytesIO()
-    img.save(buf, format=fmt, **kwargs)
-    return buf.getvalue()
-
-
-def astronaut() -> Image.Image:
-    return Image.fromarray(data.astronaut())
 
 
 def blurred(img: Image.Image, radius: float = 4.0) -> Image.Image:

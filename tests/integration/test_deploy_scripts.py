@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers.server import REPO_ROOT, free_port
+from devtools.service_process import REPO_ROOT, free_port
 
 pytestmark = pytest.mark.integration
 SCRIPTS = sorted(

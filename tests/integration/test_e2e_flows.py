@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from devtools.photos import astronaut, encode
+from devtools.service_process import ServiceProcess, all_running
 from shared.images import decode_base64_image as image_of
-from tests.helpers.photos import astronaut, encode
-from tests.helpers.server import ServiceProcess, all_running
 from tests.integration.test_image_workers import image_env
 from tests.integration.test_interface_pools import served
 

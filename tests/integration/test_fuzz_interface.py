@@ -16,9 +16,9 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
+from devtools.service_process import ServiceProcess
 from services.interface.app import create_app
 from services.interface.settings import InterfaceSettings
-from tests.helpers.server import ServiceProcess
 from tests.integration.test_image_workers import TOKEN, image_env
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers.server import ServiceProcess, all_running
+from devtools.service_process import ServiceProcess, all_running
 from tests.helpers.waiting import WorkerGate, wait_until
 from tests.integration.test_image_workers import TOKEN, image_env
 

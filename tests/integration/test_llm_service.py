@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from devtools.service_process import ServiceProcess, free_port
 from services.llm_service.cleaning import word_count
 from services.llm_service.prompts import SAFETY_CLAUSE
-from tests.helpers.server import ServiceProcess, free_port
 
 pytestmark = pytest.mark.integration
 

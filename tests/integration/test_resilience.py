@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers.server import ServiceProcess, all_running, free_port
+from devtools.service_process import ServiceProcess, all_running, free_port
 from tests.helpers.waiting import wait_until
 from tests.integration.test_image_workers import image_env
 from tests.integration.test_interface_pools import gate_of, interface_env, pool_healthy, served

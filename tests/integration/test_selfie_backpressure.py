@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers.photos import astronaut, encode
-from tests.helpers.server import ServiceProcess
+from devtools.photos import astronaut, encode
+from devtools.service_process import ServiceProcess
 from tests.helpers.waiting import WorkerGate, until
 from tests.integration.test_selfie_worker import ANALYZE, AUTH, MODULE, TOKEN, worker_env
 

@@ -11,12 +11,12 @@ import httpx
 import pytest
 from skimage import data
 
+from devtools.photos import astronaut, encode
+from devtools.service_process import ServiceProcess
 from tests.helpers.photos import (
     ASTRONAUT_FACE,
-    astronaut,
     blurred,
     darkened,
-    encode,
     exif_rotated_jpeg,
     gif,
     huge_png_header,
@@ -24,7 +24,6 @@ from tests.helpers.photos import (
     truncated_jpeg,
     two_people,
 )
-from tests.helpers.server import ServiceProcess
 
 pytestmark = pytest.mark.integration
 

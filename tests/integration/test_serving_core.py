@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers.server import ServiceProcess, all_running
+from devtools.service_process import ServiceProcess, all_running
 from tests.helpers.waiting import HANG_TIMEOUT_S, WorkerGate, wait_until
 from tests.integration.test_image_workers import AUTH, TOKEN, image_env
 from tests.integration.test_interface_pools import interface_env, queue_view

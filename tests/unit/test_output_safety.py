@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
+from devtools.photos import astronaut
 from services.image_worker.output_safety import UNSAFE_CLASSES, OutputSafetyChecker, judge
-from tests.helpers.photos import astronaut
 
 
 @pytest.fixture(scope="module")

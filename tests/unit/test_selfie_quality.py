@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from skimage import data
 
+from devtools.photos import astronaut
 from services.selfie_feature_worker.detection import DetectedFace
 from services.selfie_feature_worker.quality import (
     NO_FACE_PENALTY,
@@ -14,7 +15,7 @@ from services.selfie_feature_worker.quality import (
     sharpness,
     size_score,
 )
-from tests.helpers.photos import astronaut, blurred, darkened
+from tests.helpers.photos import blurred, darkened
 
 FACE = DetectedFace(x=173, y=83, w=101, h=97, confidence=0.81)
 

@@ -1,6 +1,7 @@
 """Start a real service as a uvicorn subprocess on a free loopback port and wait until it is healthy.
 
-Modelled on vLLM's ``RemoteOpenAIServer``: the test talks to the service over HTTP exactly as a client would.
+Modelled on vLLM's ``RemoteOpenAIServer``: the caller (a test or a benchmark) talks to the service over HTTP
+exactly as a client would.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from types import TracebackType
 
 import httpx
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT_S = 120.0
 SHUTDOWN_TIMEOUT_S = 10.0
 
