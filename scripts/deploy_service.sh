@@ -12,7 +12,7 @@
 #   IMG_POD_VENV       virtualenv to install into and run from (default: ./.venv)
 #   IMG_POD_SKIP_INSTALL=1  skip pip (the venv must already have everything)
 #   IMG_POD_SKIP_FETCH=1    skip model download
-#   PORT               port to listen on (default: the service's port in DESIGN.md)
+#   PORT               port to listen on (default: the service's pod port, DEPLOYMENT.md)
 #   HOST               bind address (default 0.0.0.0: pods are reached through their proxy)
 #   RUN_DIR            where pid files go (default /tmp)
 #   LOG_DIR            where logs go (default /tmp): LOG_DIR/<service>-<port>.log

@@ -1,4 +1,4 @@
-"""Request and response models that cross a service boundary (DESIGN.md's contracts).
+"""Request and response models that cross a service boundary (docs/ARCHITECTURE.md, "Contracts").
 
 Every request model forbids unknown fields: a typo in a client ("sed" for "seed") is a 422, not a silently
 random image.

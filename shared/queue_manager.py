@@ -1,4 +1,4 @@
-"""Bounded per-endpoint queues with SLA-aware admission, as DESIGN.md's "Queues and admission".
+"""Bounded per-endpoint queues with SLA-aware admission, see docs/ARCHITECTURE.md, "Admission model".
 
 Why admission looks at the estimated wait and not only at free slots: a queue with room can still hold a
 request for minutes when the workers are slow. We refuse at once (429 + Retry-After) when the wait

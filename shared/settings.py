@@ -87,13 +87,15 @@ class YamlSectionSource(PydanticBaseSettingsSource):
 
 
 class ServiceSettings(BaseSettings):
-    """What every service has: where it listens, how it logs, the internal token, body limits."""
+    """What every service has: how it logs, the internal token, body limits, drain.
+
+    Where a service listens is uvicorn's business (the deploy and local scripts pass --host/--port), so it is
+    not a setting that nothing would read.
+    """
 
     model_config = SettingsConfigDict(extra="ignore", validate_default=True)
     yaml_section: ClassVar[str] = "common"
 
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
     log_level: str = "info"
     # Workers and the LLM demand it on every route but /healthz; the interface sends it on every call.
     internal_token: SecretStr | None = None

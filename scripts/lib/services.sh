@@ -18,7 +18,7 @@ service_module() {
   esac
 }
 
-# Pod ports (DESIGN.md). On one machine the profile worker moves to 8004: see local_port.
+# Pod ports (DEPLOYMENT.md). On one machine the profile worker moves to 8004: see local_port.
 service_port() {
   case "$1" in
     interface) echo 8000 ;;

@@ -1,4 +1,4 @@
-"""The chat1to1 image worker: the shared Z-Image engine in the `chat1to1` role (port as in DESIGN.md)."""
+"""The chat1to1 image worker: the shared Z-Image engine in the `chat1to1` role (port: DEPLOYMENT.md)."""
 
 from services.image_worker.app import role_entrypoint
 

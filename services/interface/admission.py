@@ -22,7 +22,7 @@ class ClientGone(Exception):
 def build_queues(
     settings: InterfaceSettings, metrics: ServiceMetrics, pools_for: dict[str, list[WorkerPool]]
 ) -> dict[str, BoundedQueue]:
-    qm = QueueMetrics.create(metrics)
+    queue_metrics = QueueMetrics.create(metrics)
     queues: dict[str, BoundedQueue] = {}
     for endpoint in ENDPOINTS:
         limits = settings.queue_limits(endpoint)
@@ -31,7 +31,7 @@ def build_queues(
             capacity=limits.capacity,
             sla_s=limits.sla_ms / 1000,
             retry_after_cap_s=settings.retry_after_cap_ms / 1000,
-            metrics=qm,
+            metrics=queue_metrics,
         )
         queues[endpoint] = queue
         pools = pools_for[endpoint]

@@ -9,11 +9,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from services.interface.admission import ClientGone, build_queues
-from services.interface.flows import Flows, Pools
-from services.interface.pools import PoolConfig, Worker, WorkerPool, pool_metrics
+from services.interface.flows import Flows
+from services.interface.pool_set import build_pools, client_limits
 from services.interface.routes import chat, health, profile
 from services.interface.settings import InterfaceSettings
-from shared.http_client import ClientLimits, make_async_client
+from shared.http_client import make_async_client
 from shared.logging_config import configure_logging
 from shared.metrics import ServiceMetrics
 from shared.service import build_app
@@ -30,72 +30,12 @@ def create_app(settings: InterfaceSettings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Keep-alive connections for every call that can be in flight at once, so none pays a new connect.
-        image_urls = (
-            settings.profile_worker_urls,
-            settings.chat1to1_worker_urls,
-            settings.shorts_worker_urls,
-            settings.scenes_worker_urls,
-            settings.text2img_worker_urls,
-        )
-        slots = (
-            settings.per_worker_concurrency * sum(map(len, image_urls))
-            + settings.selfie_concurrency * len(settings.selfie_feature_worker_urls)
-            + settings.llm_concurrency * len(settings.llm_urls)
-        )
-        client = make_async_client(
-            ClientLimits(
-                default_timeout_s=max(settings.generate_timeout_s, 60.0), max_keepalive=max(8, slots + 8)
-            )
-        )
-        pm = pool_metrics(metrics)
-        registry: dict[str, Worker] = {}
-
-        def pool(name: str, urls: list[str], concurrency: int) -> WorkerPool:
-            config = PoolConfig(
-                per_worker_concurrency=concurrency,
-                eject_after=settings.eject_after_failures,
-                cooldown_s=settings.eject_cooldown_s,
-                health_interval_s=settings.health_interval_s,
-                health_timeout_s=settings.health_timeout_s,
-            )
-            return WorkerPool(
-                name,
-                urls,
-                client=client,
-                token=token,
-                config=config,
-                metrics=metrics,
-                pool_metrics=pm,
-                registry=registry,
-            )
-
-        c = settings.per_worker_concurrency
-        pools = Pools(
-            profile=pool("profile", settings.profile_worker_urls, c),
-            selfie=pool("selfie_feature", settings.selfie_feature_worker_urls, settings.selfie_concurrency),
-            chat1to1=pool("chat1to1", settings.chat1to1_worker_urls, c),
-            shorts=pool("shorts", settings.shorts_worker_urls, c),
-            scenes=pool("scenes", settings.scenes_worker_urls, c),
-            text2img=pool("text2img", settings.text2img_worker_urls, c),
-            llm=pool("llm", settings.llm_urls, settings.llm_concurrency),
-        )
+        client = make_async_client(client_limits(settings))
+        pools = build_pools(settings, client, token, metrics)
         # Probe once before serving, so the first requests see the real pool state.
         for p in pools.all():
             await p.probe_all()
-        queues = build_queues(
-            settings,
-            metrics,
-            {
-                "profile": [pools.selfie, pools.profile],
-                "text2img": [pools.text2img],
-                "chat1to1": [pools.llm, pools.chat1to1],
-                "shorts": [pools.llm, pools.shorts],
-                "scenes": [pools.llm, pools.scenes],
-                "private": [pools.chat1to1],
-                "reply": [pools.llm],
-            },
-        )
+        queues = build_queues(settings, metrics, pools.for_queues())
         for p in pools.all():
             p.start_polling()
         app.state.pools = pools

@@ -4,7 +4,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from services.interface.flows import Flows, Pools
+from services.interface.flows import Flows
+from services.interface.pool_set import Pools
 from services.interface.settings import InterfaceSettings
 from shared.queue_manager import BoundedQueue
 

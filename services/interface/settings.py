@@ -22,7 +22,6 @@ class InterfaceSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="INTERFACE_", extra="ignore", validate_default=True)
     yaml_section: ClassVar[str] = "interface"
 
-    port: int = 8000
     # Uploads of up to max_upload_bytes arrive as multipart, so the body limit must leave room for them.
     max_body_bytes: int = Field(12 * 1024 * 1024, ge=1024)
 

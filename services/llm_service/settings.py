@@ -16,8 +16,6 @@ class LlmSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="LLM_", extra="ignore", validate_default=True)
     yaml_section: ClassVar[str] = "llm"
 
-    port: int = Field(8002, ge=1, le=65535)
-
     # Which engine answers: the in-process transformers model, or a vLLM server beside the service.
     backend: Backend = "vllm"
     model_id: str = "Qwen/Qwen2.5-7B-Instruct"

@@ -1,4 +1,4 @@
-"""The profile image worker: the shared Z-Image engine in the `profile` role (port as in DESIGN.md)."""
+"""The profile image worker: the shared Z-Image engine in the `profile` role (port: DEPLOYMENT.md)."""
 
 from services.image_worker.app import role_entrypoint
 

@@ -1,4 +1,4 @@
-"""The scenes image worker: the shared Z-Image engine in the `scenes` role (port as in DESIGN.md)."""
+"""The scenes image worker: the shared Z-Image engine in the `scenes` role (port: DEPLOYMENT.md)."""
 
 from services.image_worker.app import role_entrypoint
 

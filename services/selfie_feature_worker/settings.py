@@ -25,7 +25,6 @@ class SelfieSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="SELFIE_", extra="ignore", validate_default=True)
     yaml_section: ClassVar[str] = "selfie"
 
-    port: int = Field(8003, ge=1, le=65535)
     # An upload is one image plus multipart framing; the image limit below is the one that matters.
     max_body_bytes: int = Field(11 * 1024 * 1024, ge=1024)
 

@@ -11,19 +11,9 @@ from PIL import Image
 
 from services.selfie_feature_worker import vqa_prompts
 from services.selfie_feature_worker.settings import SelfieSettings
+from shared.torch_devices import resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_device_dtype(device: str, dtype: str) -> tuple[str, torch.dtype]:
-    """``auto``: CUDA with bf16 when a GPU is present, else CPU with fp32 (bf16 matmuls crawl on CPU)."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if dtype == "auto":
-        return device, torch.bfloat16 if device == "cuda" else torch.float32
-    return device, _DTYPES[dtype]
 
 
 @dataclass(frozen=True)
@@ -37,7 +27,8 @@ class QwenVlDescriber:
         from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
 
         self.model_id = settings.vlm_model
-        self.device, self.dtype = resolve_device_dtype(settings.device, settings.dtype)
+        self.device = resolve_device(settings.device)
+        self.dtype = resolve_dtype(settings.dtype, self.device)
         # size= caps the visual tokens (pixels / 28^2 after merging); the processor resizes to fit.
         self.processor = AutoProcessor.from_pretrained(
             self.model_id,

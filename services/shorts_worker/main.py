@@ -1,4 +1,4 @@
-"""The shorts image worker: the shared Z-Image engine in the `shorts` role (port as in DESIGN.md)."""
+"""The shorts image worker: the shared Z-Image engine in the `shorts` role (port: DEPLOYMENT.md)."""
 
 from services.image_worker.app import role_entrypoint
 

@@ -10,7 +10,7 @@ def test_defaults_are_production(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in ("LLM_BACKEND", "LLM_MODEL_ID", "CONFIG_FILE"):
         monkeypatch.delenv(key, raising=False)
     s = LlmSettings()
-    assert (s.backend, s.model_id, s.port) == ("vllm", "Qwen/Qwen2.5-7B-Instruct", 8002)
+    assert (s.backend, s.model_id) == ("vllm", "Qwen/Qwen2.5-7B-Instruct")
     assert s.template_fallback is False and s.shorten_word_threshold == 25
     assert (s.caption_min_words, s.caption_max_words) == (10, 15)
 

@@ -236,3 +236,27 @@ def test_no_worker_left_fails_waiting_calls_at_once() -> None:
 
     err = asyncio.run(scenario())
     assert isinstance(err, NoHealthyWorker)
+
+
+def test_a_cancelled_call_keeps_its_slot_until_the_worker_answers() -> None:
+    """The worker computes the answer anyway: freeing the slot at once would overfill it."""
+
+    async def scenario() -> tuple[int, int, dict[str, Any]]:
+        workers = Workers(["http://w:1"], concurrency=1)
+        pool = make_pool("llm", workers)
+        await pool.probe_all()
+        first = asyncio.create_task(call(pool))
+        await until(lambda: workers.in_flight["http://w:1"] == 1)
+        first.cancel()  # the client went away
+        second = asyncio.create_task(call(pool))
+        await until(lambda: len(pool._slot_waiters) == 1)
+        waiting_while_busy = workers.in_flight["http://w:1"]
+        workers.release.set()
+        body = await second
+        await asyncio.gather(first, return_exceptions=True)
+        return waiting_while_busy, workers.peak["http://w:1"], body
+
+    busy, peak, body = asyncio.run(scenario())
+    assert busy == 1
+    assert peak == 1
+    assert body["worker"] == "http://w:1"

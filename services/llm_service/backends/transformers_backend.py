@@ -17,25 +17,9 @@ from typing import Any
 from services.llm_service.backends.base import ChatMessage, ChatResult, apply_stop
 from services.llm_service.settings import LlmSettings
 from shared.errors import InferenceFailed, ModelUnavailable, ValidationFailed
+from shared.torch_devices import resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(requested: str) -> str:
-    import torch
-
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return requested
-
-
-def resolve_dtype(requested: str, device: str) -> Any:
-    import torch
-
-    if requested == "auto":
-        # bf16 halves memory on GPUs; CPUs run fp32 much faster than bf16 matmuls.
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    return getattr(torch, requested)
 
 
 class TransformersBackend:

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 from fastapi import APIRouter
 
 from services.llm_service.deps import EngineDep
-from services.llm_service.prompts import ExpandKind
 from shared.models import (
     CaptionRequest,
     CaptionResponse,
@@ -17,32 +14,34 @@ from shared.models import (
     ReplyResponse,
 )
 
-router = APIRouter(prefix="/v1/chat", tags=["chat"])
+router = APIRouter(tags=["chat"])
 
 
-def _expand_route(kind: ExpandKind) -> Callable[[ExpandRequest, EngineDep], Awaitable[ExpandResponse]]:
-    async def expand(req: ExpandRequest, engine: EngineDep) -> ExpandResponse:
-        return await engine.expand(kind, req)
-
-    expand.__name__ = f"expand_{kind}"
-    moderated = " with moderation rules and a safety clause" if kind != "1to1" else ""
-    expand.__doc__ = f"Chat message (+ history, persona) -> a detailed image prompt for {kind}{moderated}."
-    return expand
+@router.post("/v1/chat/1to1/expand", response_model=ExpandResponse)
+async def expand_1to1(req: ExpandRequest, engine: EngineDep) -> ExpandResponse:
+    """Chat message (+ history, persona) -> a detailed image prompt for 1:1 chat (no moderation rules)."""
+    return await engine.expand("1to1", req)
 
 
-for _kind in ("1to1", "shorts", "scenes"):
-    router.add_api_route(
-        f"/{_kind}/expand", _expand_route(_kind), methods=["POST"], response_model=ExpandResponse
-    )
+@router.post("/v1/chat/shorts/expand", response_model=ExpandResponse)
+async def expand_shorts(req: ExpandRequest, engine: EngineDep) -> ExpandResponse:
+    """Chat message (+ history, persona) -> a detailed image prompt for shorts, with the role's moderation."""
+    return await engine.expand("shorts", req)
 
 
-@router.post("/1to1/caption", response_model=CaptionResponse)
+@router.post("/v1/chat/scenes/expand", response_model=ExpandResponse)
+async def expand_scenes(req: ExpandRequest, engine: EngineDep) -> ExpandResponse:
+    """Chat message (+ history, persona) -> a detailed image prompt for scenes, with the role's moderation."""
+    return await engine.expand("scenes", req)
+
+
+@router.post("/v1/chat/1to1/caption", response_model=CaptionResponse)
 async def caption(req: CaptionRequest, engine: EngineDep) -> CaptionResponse:
     """A safe caption of caption_min_words..caption_max_words words, or 502 when the model gives none."""
     return await engine.caption(req)
 
 
-@router.post("/1to1/reply", response_model=ReplyResponse)
+@router.post("/v1/chat/1to1/reply", response_model=ReplyResponse)
 async def reply(req: ReplyRequest, engine: EngineDep) -> ReplyResponse:
     """An in-character reply; history is cut to the newest turns that fit the token budget."""
     return await engine.reply(req)
