@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import psutil
 
+from devtools import stack_env
 from devtools.service_process import ServiceProcess, all_running
 
 TOKEN = "soak-internal-token"
@@ -96,32 +97,13 @@ def _threads(n: int) -> dict[str, str]:
 
 
 def llm_env(models: dict[str, Path], cfg: StackConfig) -> dict[str, str]:
-    return {
-        "LLM_BACKEND": "transformers",
-        "LLM_MODEL_ID": str(models["qwen_lm"]),
-        "LLM_MIN_NEW_TOKENS": "16",
-        "LLM_SEED": "1234",
-        "LLM_EXPAND_MAX_NEW_TOKENS": "48",
-        "LLM_CAPTION_MAX_NEW_TOKENS": "40",
-        "LLM_REPLY_MAX_NEW_TOKENS": "32",
-        "LLM_INTERNAL_TOKEN": TOKEN,
-        # Random weights write junk: the labelled fallback keeps the flows whole and says so ("template").
-        "LLM_TEMPLATE_FALLBACK": "true",
-        "LLM_LOG_LEVEL": cfg.log_level,
-        **_threads(cfg.torch_threads),
-    }
+    return stack_env.llm_env(models, TOKEN, LLM_LOG_LEVEL=cfg.log_level, **_threads(cfg.torch_threads))
 
 
 def selfie_env(models: dict[str, Path], cfg: StackConfig, scratch: Path) -> dict[str, str]:
-    return {
-        "SELFIE_VLM_MODEL": str(models["qwen_vl"]),
-        "SELFIE_MAX_NEW_TOKENS": "32",
-        "SELFIE_VLM_MAX_PIXELS": str(224 * 224),
-        "SELFIE_INTERNAL_TOKEN": TOKEN,
-        "SELFIE_YOLO_CONFIG_DIR": str(scratch / "ultralytics"),
-        "SELFIE_LOG_LEVEL": cfg.log_level,
-        **_threads(cfg.torch_threads),
-    }
+    return stack_env.selfie_env(
+        models, TOKEN, scratch, SELFIE_LOG_LEVEL=cfg.log_level, **_threads(cfg.torch_threads)
+    )
 
 
 def image_env(models: dict[str, Path], cfg: StackConfig) -> dict[str, str]:

@@ -16,15 +16,8 @@ from typing import Any
 import httpx
 
 from bench.soak_stack import API_KEY, VICTIM, SoakStack
+from devtools.stack_env import PERSONA
 
-PERSONA = {
-    "hair_color": "auburn",
-    "hair_style": "long wavy",
-    "eye_color": "green",
-    "skin_tone": "fair",
-    "age_range": "25-35",
-    "gender_presentation": "woman",
-}
 MESSAGES = (
     "send me a picture of you at the beach at sunset",
     "a photo of you reading in a park",

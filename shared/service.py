@@ -133,15 +133,10 @@ class EdgeMiddleware:
             # Only uploads (multipart) get the large limit: no valid JSON request here comes near a megabyte.
             multipart = headers.get(b"content-type", b"").startswith(b"multipart/")
             limit = self.max_body_bytes if multipart else min(self.max_body_bytes, self.max_json_bytes)
+            too_large_detail = f"request body is larger than {limit} bytes"
             declared = headers.get(b"content-length")
             if declared is not None and declared.isdigit() and int(declared) > limit:
-                await _send_error(
-                    send_wrapper,
-                    413,
-                    f"request body is larger than {limit} bytes",
-                    "payload_too_large",
-                    request_id,
-                )
+                await _send_error(send_wrapper, 413, too_large_detail, "payload_too_large", request_id)
                 return
             received = 0
 
@@ -156,14 +151,10 @@ class EdgeMiddleware:
                     if received > limit:
                         if not started_response and not too_large:
                             await _send_error(
-                                send_wrapper,
-                                413,
-                                f"request body is larger than {limit} bytes",
-                                "payload_too_large",
-                                request_id,
+                                send_wrapper, 413, too_large_detail, "payload_too_large", request_id
                             )
                             too_large = True
-                        raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+                        raise PayloadTooLarge(too_large_detail)
                 return message
 
             try:

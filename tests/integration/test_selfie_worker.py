@@ -11,6 +11,7 @@ import httpx
 import pytest
 from skimage import data
 
+from devtools import stack_env
 from devtools.photos import astronaut, encode
 from devtools.service_process import ServiceProcess
 from tests.helpers.photos import (
@@ -35,14 +36,7 @@ TIMEOUT_S = 60.0
 
 
 def worker_env(tiny_models: dict[str, Path], tmp_path: Path, **extra: str) -> dict[str, str]:
-    return {
-        "SELFIE_VLM_MODEL": str(tiny_models["qwen_vl"]),
-        "SELFIE_MAX_NEW_TOKENS": "32",
-        "SELFIE_VLM_MAX_PIXELS": str(224 * 224),
-        "SELFIE_INTERNAL_TOKEN": TOKEN,
-        "SELFIE_YOLO_CONFIG_DIR": str(tmp_path / "ultralytics"),
-        **extra,
-    }
+    return stack_env.selfie_env(tiny_models, TOKEN, tmp_path, **extra)
 
 
 @pytest.fixture(scope="module")

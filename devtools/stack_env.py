@@ -1,0 +1,47 @@
+"""Environment of the model services on the tiny checkpoints, as the e2e tests and the soak bench run them.
+
+One place for the knobs that make the tiny random models usable in a flow (short generations, a fixed seed,
+the LLM's labelled template fallback for the junk random weights write), so a test and a bench that start the
+same stack start it the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# The avatar's features as a client sends them back as ``persona`` in later chat requests.
+PERSONA = {
+    "hair_color": "auburn",
+    "hair_style": "long wavy",
+    "eye_color": "green",
+    "skin_tone": "fair",
+    "age_range": "25-35",
+    "gender_presentation": "woman",
+}
+
+
+def llm_env(models: dict[str, Path], token: str, **extra: str) -> dict[str, str]:
+    return {
+        "LLM_BACKEND": "transformers",
+        "LLM_MODEL_ID": str(models["qwen_lm"]),
+        "LLM_MIN_NEW_TOKENS": "16",
+        "LLM_SEED": "1234",
+        "LLM_EXPAND_MAX_NEW_TOKENS": "48",
+        "LLM_CAPTION_MAX_NEW_TOKENS": "40",
+        "LLM_REPLY_MAX_NEW_TOKENS": "32",
+        "LLM_INTERNAL_TOKEN": token,
+        # Random weights write junk: the labelled fallback keeps the flows whole and says so ("template").
+        "LLM_TEMPLATE_FALLBACK": "true",
+        **extra,
+    }
+
+
+def selfie_env(models: dict[str, Path], token: str, scratch: Path, **extra: str) -> dict[str, str]:
+    return {
+        "SELFIE_VLM_MODEL": str(models["qwen_vl"]),
+        "SELFIE_MAX_NEW_TOKENS": "32",
+        "SELFIE_VLM_MAX_PIXELS": str(224 * 224),
+        "SELFIE_INTERNAL_TOKEN": token,
+        "SELFIE_YOLO_CONFIG_DIR": str(scratch / "ultralytics"),
+        **extra,
+    }
