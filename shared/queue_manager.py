@@ -93,6 +93,7 @@ class BoundedQueue:
         self._waiting = 0
         # Exponentially weighted mean service time: recent calls matter most, one outlier does not dominate.
         self.mean_service_s = initial_service_s
+        self._service_var_s2 = 0.0
         self._alpha = 0.2
 
     @property
@@ -131,10 +132,19 @@ class BoundedQueue:
             raise NoHealthyWorker(f"{self.name}: no healthy worker", stage=self.name)
         if self.depth >= self.capacity:
             raise self._refuse("full", self.estimated_wait_s())
+        if self.depth == 0 and self._in_flight < self._target_consumers:
+            # A consumer is free: nothing would wait, so refusing would not make anyone faster, and the
+            # estimate could never learn again if every request were refused.
+            return
         wait = self.estimated_wait_s()
-        # The SLA bounds what the client waits for the answer: the queue wait plus its own service.
-        if wait + self.mean_service_s > self.sla_s:
+        # The SLA bounds what the client waits for the answer, at the tail: the queue wait plus a high
+        # estimate of its own service (mean + 2 deviations), since the promise is about p99, not the mean.
+        if wait + self.service_tail_s > self.sla_s:
             raise self._refuse("sla", wait)
+
+    @property
+    def service_tail_s(self) -> float:
+        return self.mean_service_s + 2.0 * math.sqrt(self._service_var_s2)
 
     def set_consumers(self, count: int, *, empty_pool: str | None = None) -> None:
         """Grow or shrink the consumer tasks; a shrinking consumer finishes its current item first.
@@ -228,8 +238,15 @@ class BoundedQueue:
                 self._m_in_flight.set(self._in_flight)
 
     def observe_service(self, seconds: float) -> None:
-        """Learn from one item that succeeded (see the module docstring for why only those)."""
-        self.mean_service_s += self._alpha * (seconds - self.mean_service_s)
+        """Learn from one item that succeeded (see the module docstring for why only those).
+
+        Exponentially weighted mean and variance (the incremental form), so the tail estimate follows the
+        recent spread: service times that vary (calls waiting for a shared LLM) get a wider margin.
+        """
+        diff = seconds - self.mean_service_s
+        step = self._alpha * diff
+        self.mean_service_s += step
+        self._service_var_s2 = (1 - self._alpha) * (self._service_var_s2 + diff * step)
 
 
 def _current_task_cancelling() -> bool:

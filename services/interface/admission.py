@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -24,6 +25,11 @@ def build_queues(
 ) -> dict[str, BoundedQueue]:
     queue_metrics = QueueMetrics.create(metrics)
     queues: dict[str, BoundedQueue] = {}
+    # How many queues feed each pool: a pool shared by several queues (the LLM serves four) gives each its
+    # share of the budget as consumers. With the whole budget each, a queue would count slots the others
+    # hold as its own, admit on that, and its items would then wait inside for slots: the SLA estimate
+    # would be blind to that wait (soak: LLM flows at 2x the SLA).
+    users = Counter(id(pool) for endpoint in ENDPOINTS for pool in pools_for[endpoint])
     for endpoint in ENDPOINTS:
         limits = settings.queue_limits(endpoint)
         queue = BoundedQueue(
@@ -36,10 +42,11 @@ def build_queues(
         queues[endpoint] = queue
         pools = pools_for[endpoint]
 
-        # A flow needs every pool it calls; the scarcest one bounds how many items can usefully run at once.
+        # A flow needs every pool it calls; the scarcest share bounds how many items can usefully run at once.
         def resize(_: int, queue: BoundedQueue = queue, pools: list[WorkerPool] = pools) -> None:
             empty = next((p.name for p in pools if p.capacity == 0), None)
-            queue.set_consumers(min(p.capacity for p in pools), empty_pool=empty)
+            shares = [-(-p.capacity // users[id(p)]) for p in pools]
+            queue.set_consumers(min(shares), empty_pool=empty)
 
         for pool in pools:
             pool.on_change(resize)

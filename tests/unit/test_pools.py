@@ -260,3 +260,40 @@ def test_a_cancelled_call_keeps_its_slot_until_the_worker_answers() -> None:
     assert busy == 1
     assert peak == 1
     assert body["worker"] == "http://w:1"
+
+
+def test_queues_sharing_a_pool_split_its_budget_into_consumers() -> None:
+    from services.interface.admission import build_queues
+    from services.interface.settings import InterfaceSettings
+
+    async def scenario() -> dict[str, int]:
+        llm = make_pool("llm", Workers(["http://llm:1"], concurrency=8))
+        image = make_pool("image", Workers(["http://img:1"], concurrency=4))
+        await llm.probe_all()
+        await image.probe_all()
+        pools_for = {
+            "profile": [image],
+            "text2img": [image],
+            "chat1to1": [llm, image],
+            "shorts": [llm, image],
+            "scenes": [llm, image],
+            "private": [image],
+            "reply": [llm],
+        }
+        queues = build_queues(InterfaceSettings(), ServiceMetrics("shares"), pools_for)
+        consumers = {name: q.consumers for name, q in queues.items()}
+        for q in queues.values():
+            await q.close()
+        return consumers
+
+    consumers = asyncio.run(scenario())
+    # llm: 8 slots over 4 queues = 2 each; image: 4 slots over 6 queues = 1 each (rounded up).
+    assert consumers == {
+        "profile": 1,
+        "text2img": 1,
+        "chat1to1": 1,
+        "shorts": 1,
+        "scenes": 1,
+        "private": 1,
+        "reply": 2,
+    }

@@ -269,3 +269,45 @@ def test_retry_after_comes_from_the_wait_estimate() -> None:
     # One running and two queued, one consumer, 3 s each: a new item would start in about 9 s.
     assert isinstance(err, Overloaded)
     assert err.headers()["Retry-After"] == "9"
+
+
+def test_a_free_consumer_always_admits_so_the_estimate_can_learn() -> None:
+    """Even when the learnt service time is over the SLA: refusing would not make anyone faster, and a queue
+    that refused everything would never learn that the workers got faster again."""
+
+    async def scenario() -> str:
+        q = make_queue(capacity=5, sla_s=1.0)
+        q.mean_service_s = 30.0
+
+        async def quick() -> str:
+            return "ok"
+
+        out = await q.submit(quick)
+        await q.close()
+        return out
+
+    assert run(scenario) == "ok"
+
+
+def test_varying_service_times_widen_the_admission_margin() -> None:
+    """The SLA is a promise about the tail: the same mean with a wide spread admits less."""
+
+    async def admitted_second(observations: list[float]) -> bool:
+        q = make_queue(capacity=5, sla_s=12.0)
+        for seconds in observations:
+            q.observe_service(seconds)
+        release = asyncio.Event()
+        first = asyncio.create_task(q.submit(release.wait))
+        await until(lambda: q.in_flight == 1)
+        second = asyncio.create_task(q.submit(release.wait))
+        await until(lambda: second.done() or q.depth == 1)
+        ok = not second.done()
+        release.set()
+        await asyncio.gather(first, second, return_exceptions=True)
+        await q.close()
+        return ok
+
+    steady = [5.0] * 40
+    spread = [1.0, 9.0] * 20
+    assert run(lambda: admitted_second(steady)) is True
+    assert run(lambda: admitted_second(spread)) is False
