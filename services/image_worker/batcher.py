@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from services.image_worker.pipeline import DevicePipeline, ImageJob
-from shared.errors import InferenceFailed, Overloaded
+from shared.errors import InferenceFailed
 from shared.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
@@ -56,18 +56,15 @@ class Batcher:
         *,
         max_batch: int,
         batch_wait_ms: float,
-        queue_limit: int,
         metrics: ServiceMetrics,
     ) -> None:
         self.pipelines = pipelines
         self.max_batch = max_batch
         self.batch_wait_s = batch_wait_ms / 1000.0
-        self.queue_limit = queue_limit
         self._pending: deque[_Pending] = deque()
         self._cond = asyncio.Condition()
         self._tasks: list[asyncio.Task[None]] = []
         self._busy = 0
-        self._mean_batch_s = 1.0
         self.labels = runner_labels([pipe.device for pipe in pipelines])
         self.m_batch = metrics.histogram(
             "imgpod_image_batch_size", "Images per pipeline call", buckets=(1, 2, 4, 8, 16, 32)
@@ -95,9 +92,6 @@ class Batcher:
                 item.future.set_exception(InferenceFailed("worker is shutting down"))
 
     async def submit(self, job: ImageJob) -> ImageResult:
-        if len(self._pending) >= self.queue_limit:
-            wait = len(self._pending) / max(1, len(self.pipelines) * self.max_batch) * self._mean_batch_s
-            raise Overloaded("image worker queue is full", retry_after_s=wait, stage="image")
         future: asyncio.Future[ImageResult] = asyncio.get_running_loop().create_future()
         async with self._cond:
             self._pending.append(_Pending(job, future))
@@ -188,7 +182,6 @@ class Batcher:
     def _observe(self, label: str, n: int, elapsed: float) -> None:
         self.m_batch.observe(n)
         self.m_infer.labels(label).observe(elapsed)
-        self._mean_batch_s = 0.8 * self._mean_batch_s + 0.2 * elapsed
 
     def _resolve(
         self,

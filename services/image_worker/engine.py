@@ -103,7 +103,7 @@ class ImageEngine:
                         self.settings.output_safety_model,
                     )
                 except Exception as exc:
-                    raise ModelLoadError(
+                    raise SafetyCheckerUnavailable(
                         f"output safety checker unavailable: {type(exc).__name__}: {exc}"
                     ) from exc
             self._pipelines = pipelines
@@ -112,7 +112,6 @@ class ImageEngine:
                 pipelines,
                 max_batch=self.settings.max_batch,
                 batch_wait_ms=self.settings.batch_wait_ms,
-                queue_limit=self.settings.queue_limit,
                 metrics=self.metrics,
             )
             self.batcher.start()
@@ -213,9 +212,13 @@ class ImageEngine:
         return Generated(result, job, tokens, truncated, safety_checked=check_pixels)
 
 
+class SafetyCheckerUnavailable(ModelLoadError):
+    """A role whose routes check pixels could not load its checker: it must not serve without it."""
+
+
 def _public_load_error(exc: Exception) -> str:
     if isinstance(exc, ModelMissing):
         return "the image model's files were not found on this worker"
-    if isinstance(exc, ModelLoadError) and "safety" in str(exc):
+    if isinstance(exc, SafetyCheckerUnavailable):
         return "the output safety checker could not be loaded"
     return "the image model could not be loaded"

@@ -7,11 +7,10 @@ append the safety constraints to explicit prompts themselves.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
 from shared.errors import PolicyBlocked
-from shared.policy import check_expanded_prompt
+from shared.policy import check_expanded_prompt, decide_off_loop
 from shared.roles import RoleName, policy_for
 
 
@@ -21,19 +20,10 @@ class ModeratedPrompt:
     soft_blocked: bool
 
 
-# The policy costs about a millisecond per 2,000 characters: longer prompts are judged in a thread.
-_INLINE_CHARS = 200
-
-
 async def moderate(prompt: str, route_role: RoleName) -> ModeratedPrompt:
     """Hard block everywhere; soft block (constraints appended) where the route's role says so."""
-    if len(prompt) <= _INLINE_CHARS:
-        return moderate_now(prompt, route_role)
-    return await asyncio.to_thread(moderate_now, prompt, route_role)
-
-
-def moderate_now(prompt: str, route_role: RoleName) -> ModeratedPrompt:
-    decision = check_expanded_prompt(prompt, moderated=policy_for(route_role).soft_block)
+    moderated = policy_for(route_role).soft_block
+    decision = await decide_off_loop(lambda text: check_expanded_prompt(text, moderated=moderated), prompt)
     if decision.blocked:
         raise PolicyBlocked(decision.reason or "the prompt is not allowed", stage="image_policy")
     return ModeratedPrompt(decision.prompt, decision.soft_blocked)

@@ -9,9 +9,7 @@ part: the worker calls. Preparing also fixes the seed, so that any call can be r
 
 from __future__ import annotations
 
-import asyncio
 import secrets
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -35,15 +33,19 @@ from shared.models import (
     ReplyRequest,
     ReplyResponse,
 )
-from shared.policy import PolicyDecision, check_expanded_prompt, evaluate_private_chat, sanitize_general
+from shared.policy import (
+    PolicyDecision,
+    check_expanded_prompt,
+    decide_off_loop,
+    evaluate_private_chat,
+    sanitize_general,
+)
 from shared.roles import ChatKind, chat_policy
 from shared.timings import StageTimer
 
 M = TypeVar("M", bound=BaseModel)
 # Ten to fifteen words, safe whatever the image shows: used only when the caption stage fails, and labelled.
 TEMPLATE_CAPTION = "Here is the picture you asked for, made just for you in this chat."
-# Policy over a long text costs about a millisecond per 2,000 characters: past this it runs in a thread.
-_INLINE_POLICY_CHARS = 200
 
 
 def parse_upstream(model: type[M], body: Any, stage: str) -> M:
@@ -57,13 +59,6 @@ def enforce(decision: PolicyDecision, stage: str) -> str:
     if decision.blocked:
         raise PolicyBlocked(decision.reason or "the request is not allowed", stage=stage)
     return decision.prompt
-
-
-async def check_text(check: Callable[[str], PolicyDecision], text: str) -> PolicyDecision:
-    """Run a policy check, off the event loop when the text is long enough to cost real CPU."""
-    if len(text) <= _INLINE_POLICY_CHARS:
-        return check(text)
-    return await asyncio.to_thread(check, text)
 
 
 def fixed_seed(seed: int | None) -> int:
@@ -154,7 +149,8 @@ class Flows:
     async def prepare_chat_image(self, kind: ChatKind, req: ChatImageRequest) -> ChatJob:
         moderated = chat_policy(kind).soft_block
         enforce(
-            await check_text(sanitize_general if moderated else evaluate_private_chat, req.message), "policy"
+            await decide_off_loop(sanitize_general if moderated else evaluate_private_chat, req.message),
+            "policy",
         )
         check_size(self.pools.chat_pool(kind), req.width, req.height)
         return ChatJob(kind, req, fixed_seed(req.seed))
@@ -173,7 +169,7 @@ class Flows:
         expanded = parse_upstream(ExpandResponse, body, "expand")
         # The LLM can turn an innocent message into a blocked prompt: check again before any pixels exist.
         with timer.stage("policy_expanded"):
-            decision = await check_text(
+            decision = await decide_off_loop(
                 lambda text: check_expanded_prompt(text, moderated=job.moderated), expanded.prompt
             )
             prompt = enforce(decision, "policy_expanded")
@@ -225,11 +221,11 @@ class Flows:
     # --- text to image ---------------------------------------------------------------------------------
 
     async def prepare_private_image(self, req: ImageGenRequest) -> TextImageJob:
-        prompt = enforce(await check_text(evaluate_private_chat, req.prompt), "policy")
+        prompt = enforce(await decide_off_loop(evaluate_private_chat, req.prompt), "policy")
         return self._text_job(self.pools.chat1to1, "/v1/chat/1to1/generate", req, prompt, False)
 
     async def prepare_general_image(self, req: ImageGenRequest) -> TextImageJob:
-        decision = await check_text(sanitize_general, req.prompt)
+        decision = await decide_off_loop(sanitize_general, req.prompt)
         prompt = enforce(decision, "policy")
         return self._text_job(self.pools.text2img, "/v1/generate", req, prompt, decision.soft_blocked)
 
@@ -269,7 +265,7 @@ class Flows:
     # --- reply -----------------------------------------------------------------------------------------
 
     async def prepare_reply(self, req: ReplyRequest) -> ReplyRequest:
-        enforce(await check_text(evaluate_private_chat, req.message), "policy")
+        enforce(await decide_off_loop(evaluate_private_chat, req.message), "policy")
         return req
 
     async def reply(self, req: ReplyRequest) -> ReplyResponse:

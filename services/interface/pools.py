@@ -65,7 +65,6 @@ class Worker:
     consecutive_failures: int = 0
     ejected_until: float = 0.0
     in_flight: int = 0
-    peak_in_flight: int = 0
     # What the worker says it can run at once (image workers: devices x max batch, on /healthz).
     advertised: int | None = None
     limits: WorkerLimits | None = None
@@ -190,7 +189,6 @@ class WorkerPool:
             worker = self._least_loaded(exclude)
             if worker is not None:
                 worker.in_flight += 1
-                worker.peak_in_flight = max(worker.peak_in_flight, worker.in_flight)
                 return worker
             waiter = asyncio.get_running_loop().create_future()
             self._slot_waiters.append(waiter)
