@@ -57,32 +57,27 @@ class ServiceProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ServiceProcess:
-        env = {**os.environ, **self.extra_env, "PYTHONUNBUFFERED": "1"}
-        cmd = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            f"{self.module}:create_app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--no-access-log",
-            # As every launch script: the fast loop and parser by name, so a missing one fails loudly.
-            "--loop",
-            "uvloop",
-            "--http",
-            "httptools",
-            # The app drains on SIGTERM itself (shared/drain.py); this only bounds what is left after that.
-            "--timeout-graceful-shutdown",
-            "5",
-        ]
+        # A test's server stops within seconds, not the 30 s production allows requests still running.
+        env = {"EDGE_GRACEFUL_SHUTDOWN_S": "5", **os.environ, **self.extra_env, "PYTHONUNBUFFERED": "1"}
+        cmd = self.command()
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
         if self.wait_healthy:
             self.wait_for_health(self.expect_status)
         return self
+
+    def command(self) -> list[str]:
+        """The same launcher as every script (shared/serve.py): production's edge bounds, loop and parser."""
+        return [
+            sys.executable,
+            "-m",
+            "shared.serve",
+            self.module,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
 
     def wait_for_health(self, expect_status: int = 200) -> httpx.Response:
         deadline = time.monotonic() + self.startup_timeout_s

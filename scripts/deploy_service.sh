@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Deploy one img_pod service on this pod: install, fetch models, restart uvicorn, wait for /healthz.
+# Deploy one img_pod service on this pod: install, fetch models, restart the server, wait for /healthz.
 #
 #   bash scripts/deploy_service.sh NAME      (NAME: interface llm selfie_feature profile chat1to1 shorts scenes)
 #
@@ -87,7 +87,7 @@ fi
 # --- stop the previous instance ----------------------------------------------------------------------
 if [ -f "$pid_file" ]; then
   old=$(cat "$pid_file")
-  # Only a pid that is still this service's uvicorn: a stale file must not kill an unrelated process.
+  # Only a pid that is still this service's server: a stale file must not kill an unrelated process.
   if [ -n "$old" ] && kill -0 "$old" 2>/dev/null && tr '\0' ' ' <"/proc/$old/cmdline" 2>/dev/null | grep -q "$module"; then
     # SIGTERM drains: it exits as soon as the requests it accepted are done (at once when idle), at the
     # latest after its drain timeout; only then is the port free for the new instance.
@@ -103,9 +103,8 @@ fi
 # --- start -------------------------------------------------------------------------------------------
 echo "starting $name on $host:$port, log $log_file"
 export HF_HUB_DISABLE_TELEMETRY=1 PYTHONUNBUFFERED=1
-# uvloop and httptools (uvicorn[standard]) named, not "auto": a venv without them fails here, loudly.
-setsid nohup "$py" -m uvicorn --factory "$module:create_app" --host "$host" --port "$port" \
-  --loop uvloop --http httptools --timeout-graceful-shutdown 30 >>"$log_file" 2>&1 </dev/null &
+# shared/serve.py: uvicorn with uvloop, httptools and the connection bounds (EDGE_*, shared/edge_limits.py).
+setsid nohup "$py" -m shared.serve "$module" --host "$host" --port "$port" >>"$log_file" 2>&1 </dev/null &
 pid=$!
 echo "$pid" >"$pid_file"
 

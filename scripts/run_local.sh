@@ -31,8 +31,8 @@ for svc in "${IMG_POD_SERVICES[@]}"; do
     echo "port $port is already serving something; stop it or set IMG_POD_PORT_OFFSET" >&2
     exit 1
   fi
-  "$PY" -m uvicorn --factory "$(service_module "$svc"):create_app" --host 127.0.0.1 --port "$port" \
-    --loop uvloop --http httptools >"$STATE/logs/$svc-$port.log" 2>&1 &
+  "$PY" -m shared.serve "$(service_module "$svc")" --host 127.0.0.1 --port "$port" \
+    >"$STATE/logs/$svc-$port.log" 2>&1 &
   pids[$svc]=$!
 done
 

@@ -6,5 +6,5 @@ name=${1:?usage: run_service.sh NAME [--reload] (NAME: interface llm selfie_feat
 shift
 # shellcheck source=scripts/prepare_local.sh
 source "$(dirname "$0")/prepare_local.sh"
-exec "$PY" -m uvicorn --factory "$(service_module "$name"):create_app" --host 127.0.0.1 --port "$(lp "$name")" \
-  --loop uvloop --http httptools "$@"
+# shared/serve.py: the launcher every script uses, so the edge bounds (EDGE_*) are the same everywhere.
+exec "$PY" -m shared.serve "$(service_module "$name")" --host 127.0.0.1 --port "$(lp "$name")" "$@"

@@ -24,6 +24,7 @@ CLASSES = [
     ("image workers (profile, chat1to1, shorts, scenes)", "services.image_worker.settings", "ImageSettings"),
     ("llm_service", "services.llm_service.settings", "LlmSettings"),
     ("selfie_feature_worker", "services.selfie_feature_worker.settings", "SelfieSettings"),
+    ("every service's server: connection bounds, allocator", "shared.edge_limits", "EdgeLimits"),
 ]
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -12,8 +12,29 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class EdgeCollector(Collector):
+    """The server's connection bounds (shared/edge_protocol.py) live below the app; read at scrape time."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        from shared.edge_protocol import STATS
+
+        yield GaugeMetricFamily(
+            "imgpod_edge_open_connections", "Open client connections", value=STATS.open_connections
+        )
+        closed = CounterMetricFamily(
+            "imgpod_edge_closed",
+            "Connections the server closed or refused for a bound (timeouts, header size, connection cap)",
+            labels=("reason",),
+        )
+        for reason, count in sorted(STATS.closed.items()):
+            closed.add_metric((reason,), count)
+        yield closed
 
 
 class ServiceMetrics:
@@ -30,6 +51,7 @@ class ServiceMetrics:
         # soak harness checks the peak against what the service advertised, which polling could miss.
         self.http_in_flight = self.gauge("imgpod_http_in_flight", "Requests being served")
         self.http_in_flight_max = self.gauge("imgpod_http_in_flight_max", "Most requests served at once")
+        self.registry.register(EdgeCollector())
 
     def counter(self, name: str, doc: str, labels: Sequence[str] = ()) -> Counter:
         return Counter(name, doc, labels, registry=self.registry)

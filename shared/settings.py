@@ -86,15 +86,35 @@ class YamlSectionSource(PydanticBaseSettingsSource):
         return {k: v for k, v in self._data.items() if k in fields}
 
 
-class ServiceSettings(BaseSettings):
-    """What every service has: how it logs, the internal token, body limits, drain.
-
-    Where a service listens is uvicorn's business (the deploy and local scripts pass --host/--port), so it is
-    not a setting that nothing would read.
-    """
+class LayeredSettings(BaseSettings):
+    """Env vars over the ``CONFIG_FILE`` YAML (``common:`` then ``<yaml_section>:``) over code defaults."""
 
     model_config = SettingsConfigDict(extra="ignore", validate_default=True)
     yaml_section: ClassVar[str] = "common"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            env_settings,
+            YamlSectionSource(settings_cls, cls.yaml_section),
+            file_secret_settings,
+        )
+
+
+class ServiceSettings(LayeredSettings):
+    """What every service has: how it logs, the internal token, body limits, drain.
+
+    Where a service listens, and how its connections are bounded, is the server's business
+    (``shared/serve.py`` with ``shared/edge_limits.py``), so it is not here.
+    """
 
     log_level: str = "info"
     # Workers and the LLM demand it on every route but /healthz; the interface sends it on every call.
@@ -119,19 +139,3 @@ class ServiceSettings(BaseSettings):
         if raw.lower() in _PLACEHOLDER_SECRETS:
             raise ValueError("internal_token is a placeholder; set a real secret or leave it unset")
         return SecretStr(raw)
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (
-            init_settings,
-            env_settings,
-            YamlSectionSource(settings_cls, cls.yaml_section),
-            file_secret_settings,
-        )
