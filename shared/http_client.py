@@ -14,9 +14,12 @@ from typing import Any
 import httpx
 
 from shared.errors import (
+    BadRequest,
     ImgPodError,
     Overloaded,
+    PayloadTooLarge,
     PolicyBlocked,
+    UnsupportedMedia,
     UpstreamFailed,
     UpstreamTimeout,
     ValidationFailed,
@@ -135,6 +138,13 @@ def map_transport_error(exc: httpx.HTTPError, stage: str) -> ImgPodError:
     return UpstreamFailed(f"{stage}: transport error", stage=stage)
 
 
+_CLIENT_FAULTS: dict[int, type[ImgPodError]] = {
+    400: BadRequest,
+    413: PayloadTooLarge,
+    415: UnsupportedMedia,
+}
+
+
 def map_status(response: httpx.Response, stage: str) -> ImgPodError | None:
     """Turn a worker's error answer into the right domain error; None when the answer is a success."""
     status = response.status_code
@@ -154,6 +164,10 @@ def map_status(response: httpx.Response, stage: str) -> ImgPodError | None:
         return ValidationFailed(f"{stage}: {detail}", stage=stage)
     if status == 504:
         return UpstreamTimeout(f"{stage}: {detail}", stage=stage)
+    if status in _CLIENT_FAULTS:
+        # The worker judged what the client sent (an upload is forwarded as received): same status, and the
+        # same answer from any other worker, so it is neither retried nor counted against this one.
+        return _CLIENT_FAULTS[status](f"{stage}: {detail}", stage=stage)
     return UpstreamFailed(f"{stage}: worker answered {status} ({detail})", stage=stage)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -18,6 +18,7 @@ from services.selfie_feature_worker.settings import SelfieSettings
 from services.selfie_feature_worker.vlm import QwenVlDescriber
 from shared.logging_config import configure_logging
 from shared.metrics import ServiceMetrics
+from shared.pixel_budget import PixelBudget
 from shared.public_names import public_model_id
 from shared.service import build_app, internal_keys
 from shared.test_hooks import Gate, gate_router
@@ -105,6 +106,17 @@ def create_app(settings: SelfieSettings | None = None) -> FastAPI:
         drain_timeout_s=settings.drain_timeout_s,
     )
     app.state.settings = settings
+
+    def budget_gauge(name: str, doc: str, read: Callable[[PixelBudget], int]) -> None:
+        # Read from the loaded analyzer's budget at scrape time (0 while loading): no second copy of state.
+        def value() -> float:
+            models: ModelState | None = getattr(app.state, "models", None)
+            return read(models.analyzer.budget) if models and models.analyzer else 0
+
+        metrics.gauge(name, doc).set_function(value)
+
+    budget_gauge("imgpod_decode_pixels_in_use", "Pixels held by uploads being decoded", lambda b: b.in_use_px)
+    budget_gauge("imgpod_decode_waiting", "Decodes waiting for room in the pixel budget", lambda b: b.waiting)
     app.state.service = SERVICE
     app.state.stage_seconds = stage_seconds
     app.state.vlm_unparsed = unparsed

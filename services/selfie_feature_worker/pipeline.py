@@ -2,6 +2,11 @@
 
 Everything here is blocking; the route runs ``analyze`` in a worker thread. The detector and the VLM each
 hold their own lock, so two requests can overlap decode and quality but never share a model call.
+
+The upload is analysed at most ``decode_max_side`` on its long side, decoded inside a pixel budget shared by
+every analysis of the process: the detector works at 320-640 px and the VLM sees a few hundred, so a
+40-megapixel original would only cost memory. The face box and landmarks are mapped back to the upload's own
+pixels, where the client draws them.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 
 import numpy as np
 from PIL import Image
@@ -20,8 +26,9 @@ from services.selfie_feature_worker.quality import assess
 from services.selfie_feature_worker.settings import SelfieSettings
 from services.selfie_feature_worker.vlm import QwenVlDescriber
 from shared.errors import InferenceFailed
-from shared.images import decode_upload
+from shared.images import DecodedImage, decode_upload_scaled
 from shared.models import AnalyzeResponse, FaceBox, FaceMeta, QualitySignals
+from shared.pixel_budget import DEFAULT_TRIM_AFTER_PX, PixelBudget
 from shared.public_names import public_model_id
 
 log = logging.getLogger(__name__)
@@ -50,11 +57,39 @@ def crop_with_margin(image: Image.Image, face: DetectedFace | None, margin: floa
     return image.crop(box)
 
 
+def to_original(face: DetectedFace, decoded: DecodedImage) -> DetectedFace:
+    """The face in the upload's pixels (upright) instead of the analysed copy's."""
+    sx, sy = decoded.scale
+    if (sx, sy) == (1.0, 1.0):
+        return face
+    width, height = decoded.original_size
+    # Edges, not sizes, are scaled: the box stays inside the image and adjacent boxes stay adjacent.
+    left, top = round(face.x * sx), round(face.y * sy)
+    right, bottom = min(width, round((face.x + face.w) * sx)), min(height, round((face.y + face.h) * sy))
+    marks = None if face.landmarks is None else [(x * sx, y * sy) for x, y in face.landmarks]
+    return replace(face, x=left, y=top, w=right - left, h=bottom - top, landmarks=marks)
+
+
 class SelfieAnalyzer:
-    def __init__(self, settings: SelfieSettings, detector: FaceDetector, vlm: QwenVlDescriber) -> None:
+    def __init__(
+        self,
+        settings: SelfieSettings,
+        detector: FaceDetector,
+        vlm: QwenVlDescriber,
+        budget: PixelBudget | None = None,
+    ) -> None:
         self.settings = settings
         self.detector = detector
         self.vlm = vlm
+        if budget is None:
+            trim_after_px = DEFAULT_TRIM_AFTER_PX if settings.decode_trim_heap else None
+            budget = PixelBudget(
+                settings.decode_pixel_budget,
+                timeout_s=settings.decode_wait_timeout_s,
+                trim_after_px=trim_after_px,
+            )
+        # One per process: every analysis's decode draws on it, whatever admission lets run at once.
+        self.budget = budget
         # Goes into every response body: a VLM configured as a local path is named, not located.
         self.model_info = {
             "detector": f"{detector.name}:{detector.weights}",
@@ -67,15 +102,20 @@ class SelfieAnalyzer:
         self.detector.detect(np.asarray(gray))
         self.vlm.describe(gray, max_new_tokens=1)
 
-    def decode(self, data: bytes) -> Image.Image:
-        return decode_upload(
-            data, max_bytes=self.settings.max_upload_bytes, max_pixels=self.settings.max_pixels
+    def decode(self, data: bytes) -> DecodedImage:
+        return decode_upload_scaled(
+            data,
+            max_bytes=self.settings.max_upload_bytes,
+            max_pixels=self.settings.max_pixels,
+            max_side=self.settings.decode_max_side,
+            budget=self.budget,
         )
 
     def analyze(self, data: bytes) -> AnalyzeResponse:
         timings: dict[str, float] = {}
         with _timed(timings, "decode"):
-            image = self.decode(data)
+            decoded = self.decode(data)
+            image = decoded.image
             rgb = np.asarray(image)
         with _timed(timings, "detect"):
             try:
@@ -102,11 +142,13 @@ class SelfieAnalyzer:
             log.info(
                 "vlm answer not usable", extra={"answer": answer.text[:200], "tokens": answer.new_tokens}
             )
+        # Quality and crop used the analysed copy; the client gets the upload's coordinates.
+        shown = None if face is None else to_original(face, decoded)
         meta = FaceMeta(
-            detected=face is not None,
-            box=None if face is None else FaceBox(x=face.x, y=face.y, w=face.w, h=face.h),
-            confidence=None if face is None else round(face.confidence, 4),
-            landmarks=None if face is None else face.landmarks,
+            detected=shown is not None,
+            box=None if shown is None else FaceBox(x=shown.x, y=shown.y, w=shown.w, h=shown.h),
+            confidence=None if shown is None else round(shown.confidence, 4),
+            landmarks=None if shown is None else shown.landmarks,
             face_count=len(faces),
             quality_score=report.score,
             signals=QualitySignals(

@@ -51,7 +51,8 @@ class SelfieSettings(ServiceSettings):
     crop_margin: float = Field(0.4, ge=0.0, le=2.0)
 
     # --- back-pressure ---
-    # Analyses at once; each holds a decoded upload (a 40-megapixel photo is ~120 MB as RGB) in memory.
+    # Analyses at once; each holds its upload decoded at most decode_max_side (~17 MB as Pillow RGB at 2048),
+    # and their full-size decodes share decode_pixel_budget.
     # Also advertised as ``concurrency`` on /healthz, so the interface sizes its per-worker budget to it.
     max_concurrent: int = Field(2, ge=1, le=64)
     # Requests that may wait for a free analysis; beyond it the worker answers 429 with Retry-After at once.
@@ -60,3 +61,15 @@ class SelfieSettings(ServiceSettings):
     # --- uploads ---
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     max_pixels: int = Field(40_000_000, ge=64 * 64)
+    # Uploads are analysed at most this many pixels on the long side (JPEG decodes at a reduced DCT scale,
+    # other formats shrink right after decoding); boxes and landmarks are answered in the upload's pixels.
+    # Detection runs at 320-640 px and the VLM sees at most vlm_max_pixels, so more only costs memory.
+    decode_max_side: int = Field(2048, ge=256, le=16384)
+    # Pixels the worker's concurrent decodes may hold at once, whatever the number of analyses: enough for
+    # one upload at max_pixels plus small ones. A decode larger than all of it runs alone.
+    decode_pixel_budget: int = Field(48_000_000, ge=1_000_000)
+    # How long a decode waits for room in that budget before the request gets 429 with Retry-After.
+    decode_wait_timeout_s: float = Field(30.0, gt=0)
+    # After a large decode, once none is running, hand freed memory back to the OS (glibc's malloc_trim; a
+    # no-op elsewhere). Without it RSS stays near the burst's peak, which is what an OOM killer reads.
+    decode_trim_heap: bool = True

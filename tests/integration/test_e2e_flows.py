@@ -18,6 +18,7 @@ from devtools.photos import astronaut, encode
 from devtools.service_process import ServiceProcess, all_running
 from devtools.stack_env import PERSONA
 from shared.images import decode_base64_image as image_of
+from tests.helpers.photos import truncated_jpeg
 from tests.helpers.waiting import wait_until
 from tests.integration.test_image_workers import image_env
 from tests.integration.test_interface_pools import served
@@ -61,6 +62,17 @@ def stack(
             yield procs
 
 
+ANALYZE, GENERATE = "/v1/profile/analyze", "/v1/profile/generate"
+
+
+def calls(worker: ServiceProcess, route: str) -> int:
+    """Requests a worker answered on one route, from its own /metrics."""
+    text = httpx.get(worker.url + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
+    prefix = "imgpod_http_requests_total{"
+    lines = [ln for ln in text.splitlines() if ln.startswith(prefix) and f'route="{route}"' in ln]
+    return int(sum(float(ln.rsplit(" ", 1)[1]) for ln in lines))
+
+
 def post(stack: dict[str, ServiceProcess], path: str, **kwargs: object) -> httpx.Response:
     return httpx.post(stack["interface"].url + path, headers=CLIENT, timeout=120, **kwargs)  # type: ignore[arg-type]
 
@@ -97,6 +109,22 @@ def test_profile_create_refuses_a_non_image_at_the_edge(stack: dict[str, Service
     assert resp.status_code == 415
     assert resp.json()["detail"]
     assert served(stack["profile"]) == before
+
+
+def test_profile_create_corrupt_image_gets_the_selfie_workers_4xx(stack: dict[str, ServiceProcess]) -> None:
+    """The interface reads the header only: pixels broken behind a valid header are the selfie worker's to
+    refuse, and its 422 reaches the client as a 422 with a clean body of the interface's own."""
+    analyzed, generated = calls(stack["selfie"], ANALYZE), calls(stack["profile"], GENERATE)
+    files = {"file": ("cut.jpg", truncated_jpeg(), "image/jpeg")}
+    resp = post(stack, "/v1/profile/create", files=files)
+    assert resp.status_code == 422, resp.text
+    body = resp.json()
+    assert (body["code"], body["stage"]) == ("validation_error", "analyze")
+    assert body["detail"] == "analyze: the image is corrupt or truncated"
+    assert body["request_id"] == resp.headers["X-Request-ID"]
+    # Refused by the selfie worker (it was asked once, not retried elsewhere); no avatar was generated.
+    assert calls(stack["selfie"], ANALYZE) == analyzed + 1
+    assert calls(stack["profile"], GENERATE) == generated
 
 
 @pytest.mark.parametrize(

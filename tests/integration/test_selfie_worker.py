@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
 from skimage import data
 
 from devtools import stack_env
@@ -158,6 +159,28 @@ def test_exif_rotated_jpeg_still_finds_face(worker: ServiceProcess) -> None:
     assert body["face"]["detected"] is True
     # EXIF applied: the box is where the face is in the upright photo.
     assert iou(box_of(body), ASTRONAUT_FACE) > 0.5
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_large_upload_answers_in_its_own_pixels(
+    worker: ServiceProcess, astronaut_result: dict, fmt: str
+) -> None:
+    """3000 px is over decode_max_side (2048): analysed on a smaller copy, answered in the upload's pixels."""
+    side = 3000
+    upload = encode(astronaut().resize((side, side), Image.Resampling.LANCZOS), fmt, quality=92)
+    resp = analyze(worker, upload, f"big.{fmt.lower()}", f"image/{fmt.lower()}")
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    scale = side / 512
+    native = tuple(round(v * scale) for v in box_of(astronaut_result))
+    assert iou(box_of(body), native) > 0.8  # type: ignore[arg-type]
+    x, y, w, h = box_of(body)
+    assert iou((round(x / scale), round(y / scale), round(w / scale), round(h / scale)), ASTRONAUT_FACE) > 0.5
+    native_ratio = astronaut_result["face"]["signals"]["face_size_ratio"]
+    assert body["face"]["signals"]["face_size_ratio"] == pytest.approx(native_ratio, abs=0.03)
+    metrics = httpx.get(f"{worker.url}/metrics", headers=AUTH, timeout=5).text
+    # The decode's pixels were given back to the budget when it ended.
+    assert "imgpod_decode_pixels_in_use 0.0" in metrics.splitlines()
 
 
 @pytest.mark.parametrize(
