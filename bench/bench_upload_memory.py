@@ -14,7 +14,8 @@ cost of an upload (a check of it, and forwarding it).
 ``MALLOC_ARENA_MAX=2``, ``MALLOC_MMAP_THRESHOLD_=1048576``, ``MALLOC_TRIM_THRESHOLD_=...``, or
 ``SELFIE_MAX_CONCURRENT=16 SELFIE_QUEUE_LIMIT=16`` (with ``--target interface`` a ``SELFIE_`` variable goes to
 the selfie worker, anything else to the interface). Without any, the allocator is what the launcher sets
-(``shared/serve.py``: ``EDGE_MALLOC_ARENA_MAX``); ``EDGE_MALLOC_ARENA_MAX=0`` leaves glibc's own default.
+(``shared/serve.py``: ``EDGE_MALLOC_ARENA_MAX``, ``EDGE_MALLOC_MMAP_THRESHOLD``); ``=0`` leaves glibc's own
+default.
 
     python -m bench.bench_upload_memory [--target selfie|interface] [--n 16] [--side 6300] [--env K=V ...]
 """
@@ -30,6 +31,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -136,6 +138,36 @@ def started(target: str, extra: dict[str, str], log_dir: Path) -> Iterator[tuple
             yield api, f"{api.url}/v1/profile/create"
 
 
+@dataclass(frozen=True)
+class BurstResult:
+    baseline_mb: float
+    peak_mb: float
+    after_mb: float
+    seconds: float
+    statuses: dict[str, int]
+    upload_bytes: int
+
+
+def measure(target: str, n: int = 16, side: int = 6300, extra: dict[str, str] | None = None) -> BurstResult:
+    """Start the target service, post ``n`` single-colour PNGs of ``side`` at once, read its RSS meanwhile."""
+    payload = single_colour_png(side)
+    with (
+        tempfile.TemporaryDirectory(prefix="imgpod-upload-mem-") as tmp,
+        started(target, extra or {}, Path(tmp)) as (svc, url),
+    ):
+        assert svc.proc is not None
+        pid = svc.proc.pid
+        time.sleep(1.0)  # let the model load's last allocations settle
+        baseline = rss_mb(pid)
+        with RssSampler(pid) as sampler:
+            started_at = time.perf_counter()
+            statuses = asyncio.run(burst(url, payload, n))
+            seconds = time.perf_counter() - started_at
+            time.sleep(SETTLE_S)
+        after = rss_mb(pid)
+    return BurstResult(baseline, sampler.peak, after, seconds, dict(statuses), len(payload))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -146,39 +178,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VAL", help="for the service")
     args = parser.parse_args(argv)
 
-    extra = split_env(args.env)
-    payload = single_colour_png(args.side)
-    with (
-        tempfile.TemporaryDirectory(prefix="imgpod-upload-mem-") as tmp,
-        started(args.target, extra, Path(tmp)) as (svc, url),
-    ):
-        assert svc.proc is not None
-        pid = svc.proc.pid
-        time.sleep(1.0)  # let the model load's last allocations settle
-        baseline = rss_mb(pid)
-        with RssSampler(pid) as sampler:
-            started_at = time.perf_counter()
-            statuses = asyncio.run(burst(url, payload, args.n))
-            seconds = time.perf_counter() - started_at
-            time.sleep(SETTLE_S)
-        after = rss_mb(pid)
-
+    r = measure(args.target, args.n, args.side, split_env(args.env))
     env_text = " ".join(args.env) or "(none)"
     print(
         f"target={args.target} n={args.n} upload={args.side}x{args.side} single-colour PNG "
-        f"({len(payload) / 1024:.0f} KB) env={env_text}"
+        f"({r.upload_bytes / 1024:.0f} KB) env={env_text}"
     )
     print_table(
         "resident memory (MB) of the measured service",
         ("baseline_mb", "peak_mb", "after_2s_mb", "peak_minus_base_mb", "burst_s", "statuses"),
         [
             (
-                round(baseline, 1),
-                round(sampler.peak, 1),
-                round(after, 1),
-                round(sampler.peak - baseline, 1),
-                round(seconds, 2),
-                " ".join(f"{k}x{v}" for k, v in sorted(statuses.items())),
+                round(r.baseline_mb, 1),
+                round(r.peak_mb, 1),
+                round(r.after_mb, 1),
+                round(r.peak_mb - r.baseline_mb, 1),
+                round(r.seconds, 2),
+                " ".join(f"{k}x{v}" for k, v in sorted(r.statuses.items())),
             )
         ],
     )

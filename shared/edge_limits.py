@@ -38,8 +38,15 @@ class EdgeLimits(LayeredSettings):
     keep_alive_s: int = Field(5, ge=1)
     # After the app's own drain (shared/drain.py) has finished or timed out, what uvicorn may still wait.
     graceful_shutdown_s: int = Field(30, ge=0)
-    # glibc: arenas for threads. Decodes and model calls run in threads; each thread arena keeps what it
-    # freed, so a burst of big uploads would leave memory held for ever. 0 keeps glibc's default (8 x cores).
+    # glibc's allocator, read when the process starts (shared/serve.py sets them; a variable already in the
+    # environment wins). Decodes and model calls run in threads; by default glibc raises its mmap threshold
+    # after each large free, so the next large blocks (Pillow's 16 MB image blocks) come from per-thread
+    # arenas and stay held after the burst. A fixed threshold keeps every block of 1 MiB or more in its own
+    # mapping, returned on free: a burst of 16 huge uploads left the selfie worker at 917 MB after (baseline
+    # 900) instead of 1027, with a lower peak; jemalloc measured in between (bench/bench_upload_memory.py).
+    # 0 leaves glibc's default.
+    malloc_mmap_threshold: int = Field(1024 * 1024, ge=0, le=32 * 1024 * 1024)
+    # Arenas for threads: fewer arenas, less memory held in each thread's leftovers. 0 leaves the default.
     malloc_arena_max: int = Field(2, ge=0)
 
     @model_validator(mode="after")

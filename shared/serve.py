@@ -28,6 +28,9 @@ def allocator_env(limits: EdgeLimits) -> dict[str, str]:
     wanted: dict[str, str] = {}
     if limits.malloc_arena_max:
         wanted["MALLOC_ARENA_MAX"] = str(limits.malloc_arena_max)
+    if limits.malloc_mmap_threshold:
+        # The trailing underscore is glibc's spelling for its tunables read from the environment.
+        wanted["MALLOC_MMAP_THRESHOLD_"] = str(limits.malloc_mmap_threshold)
     return {k: v for k, v in wanted.items() if k not in os.environ}
 
 

@@ -50,7 +50,7 @@ def pod(tmp_path: Path, tiny_models: dict[str, Path]) -> Iterator[dict[str, str]
     env_file = tmp_path / "img_pod.env"
     env_file.write_text(
         f"IMAGE_MODEL_ID={tiny_models['zimage']}\nIMAGE_DEFAULT_WIDTH=64\nIMAGE_DEFAULT_HEIGHT=64\n"
-        "IMAGE_DEVICES=cpu\nIMAGE_INTERNAL_TOKEN=pod-token-123\n"
+        "IMAGE_DEVICES=cpu\nIMAGE_INTERNAL_TOKEN=pod-token-123\nEDGE_MAX_HEADER_BYTES=4096\n"
     )
     env = {
         **os.environ,
@@ -93,6 +93,10 @@ def test_deploy_starts_one_healthy_instance_and_is_idempotent(pod: dict[str, str
     assert health["status"] == "ok" and health["role"] == "chat1to1"
     # The env file's token is in force: the worker refuses calls without it.
     assert httpx.post(url + "/v1/generate", json={"prompt": "x"}).status_code == 401
+    # The launcher's connection bounds and allocator setting are in force, from the env file too.
+    assert httpx.get(url + "/healthz", headers={"X-Big": "a" * 8192}).status_code == 431
+    environ = Path(f"/proc/{first_pid}/environ").read_bytes().split(b"\0")
+    assert b"MALLOC_ARENA_MAX=2" in environ and b"MALLOC_MMAP_THRESHOLD_=1048576" in environ
 
     second = deploy(pod)
     assert second.returncode == 0, second.stdout + second.stderr
