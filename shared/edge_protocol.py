@@ -247,8 +247,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _refuse(self, response: bytes, reason: str) -> None:
         STATS.count(reason)
         log.info("connection closed by the edge", extra={"reason": reason, "client": self.client})
-        # While headers arrive no response is under way (pipelining aside); in a body the app may have answered
-        # already (a 401 that never read it), and a second status line would corrupt the stream.
+        # While headers arrive no response is under way (pipelining aside); in a body the app may have
+        # answered already (a 401 that never read it), and a second status line would corrupt the stream.
         if self._phase is not Phase.BODY or self.cycle is None or not self.cycle.response_started:
             self.transport.write(response)
         self._phase = Phase.HANDLING
