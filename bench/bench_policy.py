@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bench.policy_eval import load_cases
 from shared.policy import PolicyDecision, evaluate_private_chat, sanitize_general
 
 RESULTS = Path(__file__).resolve().parent / "results" / "policy.json"
@@ -64,7 +65,7 @@ def realistic_prompts(count: int, rng: random.Random) -> list[str]:
 
 
 def large_inputs(rng: random.Random) -> dict[str, str]:
-    """100 kB inputs: ordinary text and shapes aimed at the normalizer and regexes."""
+    """100 kB inputs: ordinary text and shapes aimed at the normalizer and regexes, in several scripts."""
 
     def fill(unit: str) -> str:
         return (unit * (LARGE_BYTES // len(unit) + 1))[:LARGE_BYTES]
@@ -87,6 +88,13 @@ def large_inputs(rng: random.Random) -> dict[str, str]:
         "'15yo ' repeated": fill("15yo "),
         "cyrillic homoglyphs": fill("ѕеху "),
         "zero-width joined": fill("n\u200bu\u200bd\u200be "),
+        "wide-gap spacing": fill("n u d e   "),
+        "cyrillic words": fill("голая девочка "),
+        "spaced cyrillic": fill("г о л а я "),
+        "arabic words": fill("طفلة عارية "),
+        "han run": fill("儿童裸体"),
+        "hangul traps": fill("아이들은 해야한다 "),
+        "devanagari words": fill("नंगी बच्ची "),
     }
 
 
@@ -139,6 +147,16 @@ def main() -> None:
     for name, fn in functions.items():
         stats = throughput(fn, prompts)
         results["throughput"][name] = stats  # type: ignore[index]
+        print(f"{name:<24}{stats['best_per_s']:>16,.0f}{stats['median_per_s']:>18,.0f}")
+
+    # The evaluation set: short prompts in 14 languages and scripts, half of them harmful.
+    multilingual = [case.text for case in load_cases()]
+    print(f"\npolicy_eval cases: {len(multilingual)} (14 languages, obfuscations, traps)")
+    print(f"{'function':<24}{'best prompts/s':>16}{'median prompts/s':>18}")
+    results["throughput_multilingual"] = {}
+    for name, fn in functions.items():
+        stats = throughput(fn, multilingual)
+        results["throughput_multilingual"][name] = stats  # type: ignore[index]
         print(f"{name:<24}{stats['best_per_s']:>16,.0f}{stats['median_per_s']:>18,.0f}")
 
     print(f"\n100 kB inputs (goal < {LATENCY_GOAL_MS:.0f} ms)")
