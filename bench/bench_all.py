@@ -13,7 +13,7 @@ import time
 
 from bench.common import REPO_ROOT, RESULTS_DIR
 
-BENCHES = ["bench_interface_overhead", "bench_overload", "bench_image_batch", "bench_policy"]
+BENCHES = ["bench_interface_overhead", "bench_overload", "bench_image_batch", "bench_policy", "bench_guard"]
 
 
 def main() -> None:
@@ -46,6 +46,13 @@ def main() -> None:
                 f"overload {r['multiplier']:g}x: 429 rate {r['rate_429']}, ok p99 {r['admitted_p99_ms']} ms, "
                 f"429 p99 {r['t429_p99_ms']} ms, 5xx {r['errors_5xx']}"
             )
+    guard = _load("bench_guard")
+    if guard:
+        print(
+            f"guard (tiny, CPU): /v1/moderate p50 {guard['moderate_direct']['p50_ms']} ms; added to a "
+            f"private image {guard['private image']['added_median_ms']} ms, to a 1:1 chat image "
+            f"{guard['1:1 chat image']['added_median_ms']} ms"
+        )
     batch = _load("bench_image_batch")
     if batch:
         print(f"batch-4 / batch-1 images/s (tiny, CPU): {batch['ratio_b4_b1']}")

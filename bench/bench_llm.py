@@ -72,7 +72,8 @@ def main() -> None:
         models = build_all(Path(tempfile.gettempdir()) / "img_pod_bench_models", only=["qwen_lm"])
         caps = {f"LLM_{r}_MAX_NEW_TOKENS": str(args.max_new_tokens) for r in ("EXPAND", "SHORTEN", "REPLY")}
         env = {"LLM_MODEL_ID": str(models["qwen_lm"]), "LLM_MIN_NEW_TOKENS": "16", "LLM_SEED": "1234",
-               "LLM_CAPTION_MAX_NEW_TOKENS": "40", "LLM_LOG_LEVEL": "warning", **caps}  # fmt: skip
+               "LLM_CAPTION_MAX_NEW_TOKENS": "40", "LLM_LOG_LEVEL": "warning", "LLM_GUARD_BACKEND": "off",
+               **caps}  # fmt: skip
         token_a, token_b = "bench-token-a-1234", "bench-token-b-5678"
         with ServiceProcess(
             "services.llm_service.main",

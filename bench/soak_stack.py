@@ -135,6 +135,7 @@ def interface_env(procs: dict[str, ServiceProcess], cfg: StackConfig) -> dict[st
         "INTERFACE_QUEUE_CAPACITY": str(cfg.queue_capacity),
         "INTERFACE_PER_WORKER_CONCURRENCY": str(cfg.per_worker_concurrency),
         "INTERFACE_LLM_CONCURRENCY": str(cfg.llm_concurrency),
+        **stack_env.INTERFACE_GUARD,
         "INTERFACE_SELFIE_CONCURRENCY": str(cfg.selfie_concurrency),
         "INTERFACE_HEALTH_INTERVAL_S": str(cfg.health_interval_s),
         "INTERFACE_EJECT_COOLDOWN_S": str(cfg.eject_cooldown_s),

@@ -3,6 +3,11 @@
 One place for the knobs that make the tiny random models usable in a flow (short generations, a fixed seed,
 the LLM's labelled template fallback for the junk random weights write), so a test and a bench that start the
 same stack start it the same way.
+
+The guard: the LLM service loads the tiny Qwen3Guard (the same code path as the real one), and the interface
+asks it about every image prompt in ``observe`` mode. A random-weight guard answers noise (nearly always
+"unparsed"), which ``enforce`` would refuse: observing exercises every call and counts every verdict without
+letting noise decide. For the same reason the LLM does not guard its own captions and replies here.
 """
 
 from __future__ import annotations
@@ -32,8 +37,15 @@ def llm_env(models: dict[str, Path], token: str, **extra: str) -> dict[str, str]
         "LLM_INTERNAL_TOKEN": token,
         # Random weights write junk: the labelled fallback keeps the flows whole and says so ("template").
         "LLM_TEMPLATE_FALLBACK": "true",
+        "LLM_GUARD_BACKEND": "transformers",
+        "LLM_GUARD_MODEL_ID": str(models["qwen3_guard"]),
+        "LLM_GUARD_OUTPUTS": "false",
         **extra,
     }
+
+
+# The interface's guard mode on the tiny stack (see the module docstring).
+INTERFACE_GUARD = {"INTERFACE_GUARD": "observe"}
 
 
 def selfie_env(models: dict[str, Path], token: str, scratch: Path, **extra: str) -> dict[str, str]:

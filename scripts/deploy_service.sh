@@ -80,8 +80,22 @@ py="$venv/bin/python"
 if [ "${IMG_POD_SKIP_FETCH:-0}" != 1 ]; then
   "$py" -m scripts.fetch_models "$name"
 fi
-if [ "$name" = llm ] && [ "${LLM_BACKEND:-vllm}" = vllm ]; then
-  bash "$repo/scripts/start_vllm.sh"
+if [ "$name" = llm ]; then
+  guard_on_vllm=0
+  [ "${LLM_GUARD_BACKEND:-vllm}" = vllm ] && guard_on_vllm=1
+  if [ "${LLM_BACKEND:-vllm}" = vllm ]; then
+    # With the guard on the same GPU, the chat model leaves it room (DEPLOYMENT.md, "Content safety").
+    default_share=0.90
+    [ "$guard_on_vllm" = 1 ] && default_share=0.80
+    VLLM_GPU_MEMORY_UTILIZATION=${VLLM_GPU_MEMORY_UTILIZATION:-$default_share} bash "$repo/scripts/start_vllm.sh"
+  fi
+  if [ "$guard_on_vllm" = 1 ]; then
+    # The guard's port must match LLM_GUARD_VLLM_BASE_URL (default http://127.0.0.1:8008).
+    VLLM_NAME=vllm-guard VLLM_MODEL=${LLM_GUARD_MODEL_ID:-Qwen/Qwen3Guard-Gen-0.6B} \
+      VLLM_PORT=${GUARD_VLLM_PORT:-8008} VLLM_MAX_MODEL_LEN=${GUARD_VLLM_MAX_MODEL_LEN:-8192} \
+      VLLM_GPU_MEMORY_UTILIZATION=${GUARD_VLLM_GPU_MEMORY_UTILIZATION:-0.10} \
+      VLLM_EXTRA_ARGS=${GUARD_VLLM_EXTRA_ARGS:-} bash "$repo/scripts/start_vllm.sh"
+  fi
 fi
 
 # --- stop the previous instance ----------------------------------------------------------------------

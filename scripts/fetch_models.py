@@ -50,6 +50,8 @@ def main(name: str) -> int:
 
         llm = LlmSettings()
         fetch_hub_model(llm.model_id)
+        if llm.guard_backend != "off":
+            fetch_hub_model(llm.guard_model_id)
     elif name == "selfie_feature":
         from services.selfie_feature_worker.settings import SelfieSettings
 

@@ -20,6 +20,11 @@ export IMAGE_MAX_SIDE=1024 IMAGE_DEVICES=cpu
 # ("source": "template") keeps the demo flowing and says so in every response that used it.
 export LLM_BACKEND=transformers LLM_MODEL_ID="$MODELS/qwen2.5-tiny" LLM_MIN_NEW_TOKENS=8
 export LLM_TEMPLATE_FALLBACK=true
+# The guard: the tiny Qwen3Guard in process, asked about every image prompt. Random weights answer noise,
+# so the interface only observes (counts and logs verdicts, refuses nothing) and the LLM does not guard its
+# own captions and replies; the pods run INTERFACE_GUARD=enforce (DEPLOYMENT.md, "Content safety").
+export LLM_GUARD_BACKEND=transformers LLM_GUARD_MODEL_ID="$MODELS/qwen3guard-gen-tiny" LLM_GUARD_OUTPUTS=false
+export INTERFACE_GUARD=observe
 
 # Selfie worker: nudenet's pretrained face detector through ultralytics, and the tiny Qwen2-VL.
 export SELFIE_DETECTOR_BACKEND=yolo SELFIE_DETECTOR_WEIGHTS=nudenet SELFIE_VLM_MODEL="$MODELS/qwen2-vl-tiny"

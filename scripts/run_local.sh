@@ -53,6 +53,9 @@ until curl -fsS --max-time 2 "$(url interface)/healthz" | grep -q '"status":"ok"
   sleep 0.5
 done
 
+guard=$(curl -fsS --max-time 2 "$(url interface)/healthz" | "$PY" -c 'import json, sys; print(json.load(sys.stdin)["guard"])')
+echo "content guard: $guard (INTERFACE_GUARD; the local stack observes, the pods enforce)"
+
 if [ "$demo" = 1 ]; then
   cfg="$STATE/config.json"
   "$PY" testing/generate_test_selfies.py --out "$STATE/selfies" --only astronaut >/dev/null

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Start (or keep) the vLLM OpenAI-compatible server for the LLM pod, bound to loopback only.
+# Start (or keep) a vLLM OpenAI-compatible server for the LLM pod, bound to loopback only.
 # vLLM lives in its own venv: it pins torch/transformers/fastapi versions the rest of the stack cannot share.
+# deploy_service.sh runs it once for the chat model and, with LLM_GUARD_BACKEND=vllm, once more for the guard
+# (VLLM_NAME=vllm-guard, its own model, port and memory share).
 #
-#   VLLM_VENV (default ./.venv-vllm), VLLM_PORT (8001), LLM_MODEL_ID (Qwen/Qwen2.5-7B-Instruct),
-#   VLLM_MAX_MODEL_LEN (8192), VLLM_GPU_MEMORY_UTILIZATION (0.90), VLLM_EXTRA_ARGS, RUN_DIR, LOG_DIR
+#   VLLM_VENV (default ./.venv-vllm), VLLM_PORT (8001), VLLM_MODEL (default LLM_MODEL_ID, itself default
+#   Qwen/Qwen2.5-7B-Instruct), VLLM_NAME (vllm: names the pid and log files), VLLM_MAX_MODEL_LEN (8192),
+#   VLLM_GPU_MEMORY_UTILIZATION (0.90), VLLM_EXTRA_ARGS, RUN_DIR, LOG_DIR
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=scripts/lib/services.sh
@@ -11,10 +14,11 @@ source "$repo/scripts/lib/services.sh"
 
 venv=${VLLM_VENV:-$repo/.venv-vllm}
 port=${VLLM_PORT:-8001}
-model=${LLM_MODEL_ID:-Qwen/Qwen2.5-7B-Instruct}
+model=${VLLM_MODEL:-${LLM_MODEL_ID:-Qwen/Qwen2.5-7B-Instruct}}
+name=${VLLM_NAME:-vllm}
 run_dir=${RUN_DIR:-/tmp}
-log_file="${LOG_DIR:-/tmp}/vllm-$port.log"
-pid_file="$run_dir/img_pod-vllm.pid"
+log_file="${LOG_DIR:-/tmp}/$name-$port.log"
+pid_file="$run_dir/img_pod-$name.pid"
 
 if curl -fsS --max-time 2 "http://127.0.0.1:$port/health" >/dev/null 2>&1; then
   echo "vLLM already serving on 127.0.0.1:$port"

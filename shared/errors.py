@@ -13,6 +13,7 @@ ImgPodError
  +-- UnusableModelOutput (502)      the model answered, but the text is junk
  +-- ModelUnavailable (503)         the model is not loaded (yet, or at all)
  +-- NoHealthyWorker (503)          no worker of a pool can take the call
+ +-- SafetyUnavailable (503)        the safety check could not be made: refused, never let through
  +-- UpstreamTimeout (504)          a worker did not answer in time
  +-- InferenceTimeout (504)         the model did not finish in time
 
@@ -127,6 +128,24 @@ class ModelUnavailable(ImgPodError):
 class NoHealthyWorker(ImgPodError):
     status_code = 503
     code = "no_healthy_worker"
+
+
+class SafetyUnavailable(ImgPodError):
+    """The content-safety check could not be made (guard down, slow, or answering out of format).
+
+    503 and not a 4xx: the client did nothing wrong and the same request may pass once the guard is back, so
+    it says so with Retry-After. Never a 200: content the check could not judge is not let through.
+    """
+
+    status_code = 503
+    code = "safety_unavailable"
+
+    def __init__(self, detail: str, *, retry_after_s: float = 5.0, stage: str | None = None) -> None:
+        super().__init__(detail, stage=stage)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after_s)))}
 
 
 class UpstreamTimeout(ImgPodError):

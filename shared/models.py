@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 MAX_PROMPT_CHARS = 2000
 MAX_MESSAGE_CHARS = 2000
 MAX_HISTORY_TURNS = 50
 MAX_SEED = 2**32 - 1
+# A guard check reads a user prompt, an expanded prompt, a caption or a reply: all far below this.
+MAX_MODERATE_CHARS = 8000
 
 ImageFormat = Literal["png", "jpeg", "webp"]
 Source = Literal["model", "template"]
@@ -194,6 +196,40 @@ class ReplyResponse(OpenModel):
     reply: str
     source: Source
     model: str
+    timings_ms: Timings = Field(default_factory=dict)
+
+
+# --- guard (content safety classifier on the LLM pod) ---------------------------------------------------
+
+GuardVerdict = Literal["safe", "unsafe", "controversial", "unparsed"]
+ModerateText = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_MODERATE_CHARS)
+]
+
+
+class ModerateRequest(StrictModel):
+    """``prompt``: judge ``text`` as a user's request. ``response``: judge ``text`` as the model's answer to
+    ``prompt`` (the user's request, when there was one)."""
+
+    text: ModerateText
+    kind: Literal["prompt", "response"] = "prompt"
+    prompt: Annotated[str, Field(max_length=MAX_MODERATE_CHARS)] | None = None
+
+    @model_validator(mode="after")
+    def _prompt_only_for_responses(self) -> ModerateRequest:
+        if self.kind == "prompt" and self.prompt is not None:
+            raise ValueError("prompt is the request a response answers: only with kind='response'")
+        return self
+
+
+class ModerateResponse(OpenModel):
+    # "unparsed": the guard answered, but not in its format; callers treat it as a failed check.
+    verdict: GuardVerdict
+    categories: list[str] = Field(default_factory=list)
+    # Response moderation only: whether the answer was a refusal.
+    refusal: bool | None = None
+    model: str
+    source: Literal["guard"] = "guard"
     timings_ms: Timings = Field(default_factory=dict)
 
 

@@ -10,6 +10,7 @@ from fastapi.responses import Response
 
 from services.interface.admission import ClientGone, build_queues
 from services.interface.flows import Flows
+from services.interface.guard import Guard
 from services.interface.pool_set import build_pools, client_limits
 from services.interface.routes import chat, health, profile
 from services.interface.settings import InterfaceSettings
@@ -40,7 +41,7 @@ def create_app(settings: InterfaceSettings | None = None) -> FastAPI:
             p.start_polling()
         app.state.pools = pools
         app.state.queues = queues
-        app.state.flows = Flows(pools, settings)
+        app.state.flows = Flows(pools, settings, Guard(pools.llm, settings, metrics))
         try:
             yield
         finally:

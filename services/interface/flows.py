@@ -5,6 +5,11 @@ deployed workers' limits and the policy check of the user's text, so a request t
 occupies the queue, and never teaches the queue's service-time estimate anything. ``run_*`` is the queued
 part: the worker calls. Preparing also fixes the seed, so that any call can be re-sent to another worker
 (when its first worker dies mid-call) and give the same image.
+
+The guard model (``services/interface/guard.py``) is asked inside the queued part, since it is a call to the
+LLM pool: about the user's text on every image route, side by side with the work that shows the user
+nothing (the LLM expansion, the selfie analysis), and about the expanded prompt once it exists. No image
+worker is called before every verdict is in.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from services.interface.guard import Guard, soften
 from services.interface.pool_set import Pools
 from services.interface.pools import WorkerPool
 from services.interface.settings import InterfaceSettings
@@ -40,7 +46,7 @@ from shared.policy import (
     evaluate_private_chat,
     sanitize_general,
 )
-from shared.roles import ChatKind, chat_policy
+from shared.roles import ChatKind, chat_policy, policy_for
 from shared.timings import StageTimer
 
 M = TypeVar("M", bound=BaseModel)
@@ -59,6 +65,11 @@ def enforce(decision: PolicyDecision, stage: str) -> str:
     if decision.blocked:
         raise PolicyBlocked(decision.reason or "the request is not allowed", stage=stage)
     return decision.prompt
+
+
+def _enforced(decision: PolicyDecision, stage: str) -> PolicyDecision:
+    enforce(decision, stage)
+    return decision
 
 
 def fixed_seed(seed: int | None) -> int:
@@ -98,27 +109,48 @@ class TextImageJob:
     prompt: str
     soft_blocked: bool
     seed: int
+    # The route's policy soft-blocks (general), or passes explicit content (private 1:1 images).
+    moderated: bool
 
 
 class Flows:
-    def __init__(self, pools: Pools, settings: InterfaceSettings) -> None:
+    def __init__(self, pools: Pools, settings: InterfaceSettings, guard: Guard) -> None:
         self.pools = pools
         self.settings = settings
+        self.guard = guard
 
     # --- profile ---------------------------------------------------------------------------------------
+
+    async def prepare_profile(self, style: str | None) -> None:
+        """The word rules on the client's style text (the rest of the avatar prompt is the house style)."""
+        if style and style.strip():
+            enforce(await decide_off_loop(evaluate_private_chat, style), "policy")
 
     async def create_profile(
         self, image: bytes, filename: str, content_type: str, style: str | None, seed: int | None
     ) -> ProfileCreateResponse:
         timer = StageTimer()
-        with timer.stage("analyze"):
-            body = await self.pools.selfie.request(
-                "POST",
-                "/v1/profile/analyze",
-                stage="analyze",
-                timeout_s=self.settings.analyze_timeout_s,
-                files={"file": (filename, image, content_type)},
-            )
+        moderated = policy_for("profile").soft_block
+        # The style is the only text a client puts in the avatar prompt: judged while the selfie is analysed.
+        style_check = (
+            self.guard.in_background(style, moderated=moderated, stage="guard", timer=timer)
+            if style and style.strip()
+            else None
+        )
+        try:
+            with timer.stage("analyze"):
+                body = await self.pools.selfie.request(
+                    "POST",
+                    "/v1/profile/analyze",
+                    stage="analyze",
+                    timeout_s=self.settings.analyze_timeout_s,
+                    files={"file": (filename, image, content_type)},
+                )
+            if style_check is not None:
+                style = enforce(await style_check, "guard")
+        finally:
+            if style_check is not None:
+                style_check.cancel()
         analysis = parse_upstream(AnalyzeResponse, body, "analyze")
         request: dict[str, Any] = {
             "features": analysis.features.model_dump(),
@@ -158,21 +190,34 @@ class Flows:
     async def chat_image(self, job: ChatJob) -> ChatImageResponse:
         kind, req = job.kind, job.req
         timer = StageTimer()
-        with timer.stage("expand"):
-            body = await self.pools.llm.request(
-                "POST",
-                f"/v1/chat/{kind}/expand",
-                stage="expand",
-                timeout_s=self.settings.expand_timeout_s,
-                json=req.model_dump(include={"message", "history", "persona"}, exclude_none=True),
-            )
-        expanded = parse_upstream(ExpandResponse, body, "expand")
-        # The LLM can turn an innocent message into a blocked prompt: check again before any pixels exist.
-        with timer.stage("policy_expanded"):
-            decision = await decide_off_loop(
-                lambda text: check_expanded_prompt(text, moderated=job.moderated), expanded.prompt
-            )
-            prompt = enforce(decision, "policy_expanded")
+        # The guard reads the message while the LLM expands it: the expansion shows the user nothing.
+        message_check = self.guard.in_background(
+            req.message, moderated=job.moderated, stage="guard", timer=timer
+        )
+        try:
+            with timer.stage("expand"):
+                body = await self.pools.llm.request(
+                    "POST",
+                    f"/v1/chat/{kind}/expand",
+                    stage="expand",
+                    timeout_s=self.settings.expand_timeout_s,
+                    json=req.model_dump(include={"message", "history", "persona"}, exclude_none=True),
+                )
+            expanded = parse_upstream(ExpandResponse, body, "expand")
+            # The LLM can turn an innocent message into a blocked prompt: check again before any pixels exist.
+            with timer.stage("policy_expanded"):
+                decision = await decide_off_loop(
+                    lambda text: check_expanded_prompt(text, moderated=job.moderated), expanded.prompt
+                )
+                prompt = enforce(decision, "policy_expanded")
+            message_soft = _enforced(await message_check, "guard").soft_blocked
+        finally:
+            message_check.cancel()
+        with timer.stage("guard_expanded"):
+            checked = await self.guard.check(prompt, moderated=job.moderated, stage="guard_expanded")
+        prompt = enforce(checked, "guard_expanded")
+        if message_soft:
+            prompt = soften(prompt)
         with timer.stage("generate"):
             body = await self.pools.chat_pool(kind).request(
                 "POST",
@@ -222,21 +267,30 @@ class Flows:
 
     async def prepare_private_image(self, req: ImageGenRequest) -> TextImageJob:
         prompt = enforce(await decide_off_loop(evaluate_private_chat, req.prompt), "policy")
-        return self._text_job(self.pools.chat1to1, "/v1/chat/1to1/generate", req, prompt, False)
+        path, moderated = "/v1/chat/1to1/generate", policy_for("chat1to1").soft_block
+        return self._text_job(self.pools.chat1to1, path, req, prompt, False, moderated=moderated)
 
     async def prepare_general_image(self, req: ImageGenRequest) -> TextImageJob:
         decision = await decide_off_loop(sanitize_general, req.prompt)
         prompt = enforce(decision, "policy")
-        return self._text_job(self.pools.text2img, "/v1/generate", req, prompt, decision.soft_blocked)
+        moderated = policy_for("general").soft_block
+        return self._text_job(
+            self.pools.text2img, "/v1/generate", req, prompt, decision.soft_blocked, moderated=moderated
+        )
 
     def _text_job(
-        self, pool: WorkerPool, path: str, req: ImageGenRequest, prompt: str, soft: bool
+        self, pool: WorkerPool, path: str, req: ImageGenRequest, prompt: str, soft: bool, *, moderated: bool
     ) -> TextImageJob:
         check_size(pool, req.width, req.height, req.steps)
-        return TextImageJob(pool, path, req, prompt, soft, fixed_seed(req.seed))
+        return TextImageJob(pool, path, req, prompt, soft, fixed_seed(req.seed), moderated)
 
     async def text_image(self, job: TextImageJob) -> ImageGenResponse:
         timer = StageTimer()
+        prompt, soft_blocked = job.prompt, job.soft_blocked
+        with timer.stage("guard"):
+            checked = await self.guard.check(job.req.prompt, moderated=job.moderated, stage="guard")
+        if _enforced(checked, "guard").soft_blocked:
+            prompt, soft_blocked = soften(prompt), True
         with timer.stage("generate"):
             body = await job.pool.request(
                 "POST",
@@ -245,7 +299,7 @@ class Flows:
                 timeout_s=self.settings.generate_timeout_s,
                 json={
                     **job.req.model_dump(exclude={"prompt", "seed"}, exclude_none=True),
-                    "prompt": job.prompt,
+                    "prompt": prompt,
                     "seed": job.seed,
                 },
             )
@@ -258,7 +312,7 @@ class Flows:
             seed=generated.seed,
             width=generated.width,
             height=generated.height,
-            soft_blocked=job.soft_blocked,
+            soft_blocked=soft_blocked,
             timings_ms=timer.done(),
         )
 

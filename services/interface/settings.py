@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, BeforeValidator, Field, SecretStr, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
@@ -10,6 +10,7 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 from shared.settings import ServiceSettings, UrlList, parse_str_list
 
 ENDPOINTS = ("profile", "text2img", "chat1to1", "shorts", "scenes", "private", "reply")
+GuardMode = Literal["enforce", "observe", "off"]
 SecretList = Annotated[list[SecretStr], NoDecode, BeforeValidator(parse_str_list)]
 
 
@@ -62,6 +63,14 @@ class InterfaceSettings(ServiceSettings):
     # When the caption stage fails after the image was made, answer with a labelled template caption
     # (caption_source "template") rather than throwing the image away.
     caption_fallback: bool = True
+
+    # The guard model (the LLM pod's /v1/moderate) on every image route's user prompt and expanded prompt,
+    # after the word rules. enforce: its verdict refuses, and a check that cannot be made refuses with 503
+    # safety_unavailable. observe: verdicts and failures are counted and logged, nothing is refused (the
+    # local stack: a random-weight guard answers noise). off: no call.
+    guard: GuardMode = "enforce"
+    # Bound of one guard answer once the call is sent (like every stage timeout); past it, 503 in enforce.
+    guard_timeout_s: float = Field(3.0, gt=0)
 
     @model_validator(mode="after")
     def _drain_outlasts_requests(self) -> InterfaceSettings:

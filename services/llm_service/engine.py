@@ -7,6 +7,11 @@ in tests, a 7B one in production) can drop or rewrite them. The final prompt is 
 Errors that allow the labelled template fallback (when ``template_fallback`` is on): the model is not
 loaded or unreachable (``ModelUnavailable``), it did not answer in time (``UpstreamTimeout``), or its text
 was junk (``UnusableModelOutput``). Anything else (bad input, a crashed generation) is raised as is.
+
+Captions and replies pass the word rules and, when the guard is on with ``guard_outputs``, the guard
+(services/llm_service/guard.py) before they leave: an unsafe caption is generated again (then the labelled
+template, or 502), an unsafe reply is refused. The guard checks user prompts for the interface too
+(``/v1/moderate``); it has its own backend, so a guard call never waits behind a long generation.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Literal
 
 from services.llm_service.backends import ChatMessage, ChatResult, make_backend
 from services.llm_service.cleaning import clean_output, judge, truncate_words, word_count
+from services.llm_service.guard import Guard
 from services.llm_service.history import bound_history
 from services.llm_service.prompts import (
     MODERATED_KINDS,
@@ -34,7 +40,14 @@ from services.llm_service.safety import is_caption_safe, redact_explicit
 from services.llm_service.settings import LlmSettings
 from services.llm_service.shortening import keeps_intent, keyword_shorten
 from services.llm_service.templates import template_caption, template_scene
-from shared.errors import ImgPodError, ModelUnavailable, UnusableModelOutput, UpstreamTimeout
+from shared.errors import (
+    ImgPodError,
+    ModelUnavailable,
+    PolicyBlocked,
+    SafetyUnavailable,
+    UnusableModelOutput,
+    UpstreamTimeout,
+)
 from shared.metrics import ServiceMetrics
 from shared.models import (
     MAX_PROMPT_CHARS,
@@ -45,6 +58,7 @@ from shared.models import (
     ReplyRequest,
     ReplyResponse,
 )
+from shared.policy import decide_off_loop, evaluate_private_chat
 from shared.public_names import public_model_id
 from shared.timings import StageTimer
 
@@ -52,6 +66,8 @@ log = logging.getLogger(__name__)
 
 State = Literal["loading", "ok", "error"]
 FALLBACK_ERRORS = (ModelUnavailable, UpstreamTimeout, UnusableModelOutput)
+# A caption the guard could not check is not sent; the fixed template captions need no check.
+CAPTION_FALLBACK_ERRORS = (*FALLBACK_ERRORS, SafetyUnavailable)
 TEMPLATE_MODEL = "template"
 
 
@@ -63,6 +79,7 @@ class LlmEngine:
         self.public_model = public_model_id(settings.model_id, settings.served_model_name)
         self.state: State = "loading"
         self.error: str | None = None
+        self.guard = Guard(settings, metrics)
         self._latency = metrics.histogram(
             "imgpod_llm_generation_seconds", "Time of one model generation call", ("route",)
         )
@@ -80,6 +97,12 @@ class LlmEngine:
     # --- lifecycle -------------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Load the model, then the guard; failures are recorded. One after the other: two threads importing
+        transformers' lazy modules at once can fail ("cannot import name AutoModelForCausalLM")."""
+        await self._start_model()
+        await self.guard.start()
+
+    async def _start_model(self) -> None:
         """Load or connect; a failure is recorded for /healthz and the routes, never raised."""
         try:
             await self.backend.start()
@@ -98,11 +121,15 @@ class LlmEngine:
 
     async def stop(self) -> None:
         self._ready.set(0)
-        await self.backend.stop()
+        await asyncio.gather(self.backend.stop(), self.guard.stop())
 
     async def health(self) -> tuple[State, str | None]:
         if self.state != "ok":
             return self.state, self.error
+        # Ready means everything configured has loaded; a guard that failed is reported under "guard" on
+        # /healthz and refuses its own calls (503), so it cannot pass anything unchecked.
+        if self.guard.state == "loading":
+            return "loading", "the guard model is still loading"
         reason = await self.backend.health()
         return ("error", reason) if reason else ("ok", None)
 
@@ -258,6 +285,11 @@ class LlmEngine:
                     last_reason = f"too short ({word_count(text)} words)"
                     continue
                 clock.lap("generate")
+                reason = await self._guard_output(route, text, req.message or req.prompt, strict=True)
+                clock.lap("guard")
+                if reason:
+                    last_reason = reason
+                    continue
                 self._outcomes.labels(route, "model").inc()
                 return CaptionResponse(
                     caption=text,
@@ -270,7 +302,7 @@ class LlmEngine:
             raise UnusableModelOutput(
                 f"no usable caption after {attempts} attempt(s); last: {last_reason}", stage="llm"
             )
-        except FALLBACK_ERRORS as exc:
+        except CAPTION_FALLBACK_ERRORS as exc:
             self._fallback_or_raise(route, exc)
         text = truncate_words(template_caption(req.prompt), high)
         clock.lap("template")
@@ -300,5 +332,33 @@ class LlmEngine:
         if not verdict.usable:
             self._outcomes.labels(route, UnusableModelOutput.code).inc()
             raise UnusableModelOutput(f"the model's reply was unusable: {verdict.reason}", stage="llm")
+        # 1:1 chat is unmoderated: the word rules' hard block only, and the guard's "controversial" passes.
+        blocked = (await decide_off_loop(evaluate_private_chat, text)).blocked
+        reason = "the word rules" if blocked else await self._guard_output(route, text, req.message)
+        clock.lap("guard")
+        if reason:
+            self._outcomes.labels(route, "unsafe").inc()
+            # 422 policy_blocked, as for a refused request: the reply answered what the user asked.
+            raise PolicyBlocked("the reply did not pass the content safety check", stage="reply_output")
         self._outcomes.labels(route, "model").inc()
         return ReplyResponse(reply=text, source="model", model=self.public_model, timings_ms=clock.done())
+
+    # --- the guard on what leaves the service -----------------------------------------------------------
+
+    async def _guard_output(
+        self, route: str, text: str, asked: str | None, *, strict: bool = False
+    ) -> str | None:
+        """None when ``text`` may leave, else why not. ``strict`` (captions) refuses "controversial" too.
+
+        A guard that cannot answer, or answers out of format, raises ``SafetyUnavailable``: unchecked text
+        never leaves.
+        """
+        if not (self.guard.enabled and self.settings.guard_outputs):
+            return None
+        answer = await self.guard.moderate(text, "response", asked)
+        if answer.verdict == "unparsed":
+            raise SafetyUnavailable("the guard's answer could not be read", stage="guard")
+        if answer.verdict == "safe" or (answer.verdict == "controversial" and not strict):
+            return None
+        log.info("output refused by the guard", extra={"route": route, "verdict": answer.verdict})
+        return f"the guard judged it {answer.verdict}"

@@ -10,6 +10,7 @@ from pydantic_settings import SettingsConfigDict
 from shared.settings import ServiceSettings
 
 Backend = Literal["transformers", "vllm"]
+GuardBackend = Literal["transformers", "vllm", "off"]
 
 
 class LlmSettings(ServiceSettings):
@@ -56,12 +57,26 @@ class LlmSettings(ServiceSettings):
     # Off by default: a template answer is labelled source="template", never passed off as the model's.
     template_fallback: bool = False
 
-    @field_validator("vllm_base_url")
+    # The guard: a safety classifier (Qwen3Guard-Gen) behind POST /v1/moderate, served like the main model
+    # (in process, or by a second vLLM server). "off": /v1/moderate answers 503 and outputs are not guarded.
+    guard_backend: GuardBackend = "vllm"
+    guard_model_id: str = "Qwen/Qwen3Guard-Gen-0.6B"
+    guard_served_model_name: str | None = None
+    # Its own vLLM server (scripts/start_vllm.sh started a second time by deploy_service.sh).
+    guard_vllm_base_url: str = "http://127.0.0.1:8008"
+    # Upper bound of one guard generation; the interface's own INTERFACE_GUARD_TIMEOUT_S is what clients see.
+    guard_timeout_s: float = Field(10.0, gt=0)
+    # The verdict is three short lines; more tokens would only be the model rambling.
+    guard_max_new_tokens: int = Field(48, ge=4, le=256)
+    # Captions and replies are checked by the guard (kind="response") before they leave the service.
+    guard_outputs: bool = True
+
+    @field_validator("vllm_base_url", "guard_vllm_base_url")
     @classmethod
     def _strip_url(cls, value: str) -> str:
         return value.strip().rstrip("/")
 
-    @field_validator("served_model_name")
+    @field_validator("served_model_name", "guard_served_model_name")
     @classmethod
     def _blank_name_is_none(cls, value: str | None) -> str | None:
         if value is None:

@@ -27,6 +27,7 @@ from shared.policy.decide import (
     check_expanded_prompt,
     decide_off_loop,
     evaluate_private_chat,
+    mentions_minor,
     sanitize_general,
 )
 from shared.policy.normalizer import normalize
@@ -40,6 +41,7 @@ __all__ = [
     "check_expanded_prompt",
     "decide_off_loop",
     "evaluate_private_chat",
+    "mentions_minor",
     "normalize",
     "sanitize_general",
 ]

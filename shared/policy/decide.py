@@ -140,6 +140,15 @@ def check_expanded_prompt(prompt: str, *, moderated: bool) -> PolicyDecision:
     return _decide(prompt, moderated=moderated)
 
 
+def mentions_minor(text: str) -> bool:
+    """A minor term or an age under 18, in any listed language: what turns adult content into a hard block.
+
+    For a second opinion that knows sexual content but not age (the guard model's categories have no
+    "minors"), on routes where adult content is allowed.
+    """
+    return rules.mentions_minor(build_views(_strip_suffix(text.strip())))
+
+
 # A check costs about a millisecond per 2,000 characters: past this length it runs in a thread, so a long
 # prompt never holds an event loop; below it the thread hop would cost more than the check.
 INLINE_CHARS = 200

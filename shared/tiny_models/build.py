@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from shared.tiny_models.qwen3_guard import build_qwen3_guard
 from shared.tiny_models.qwen_lm import build_qwen_lm
 from shared.tiny_models.qwen_vl import build_qwen_vl
 from shared.tiny_models.yolo import build_yolo_random
@@ -15,6 +16,7 @@ BUILDERS: dict[str, tuple[str, Callable[[Path], Path]]] = {
     "zimage": ("z-image-turbo-tiny", build_zimage),
     "qwen_lm": ("qwen2.5-tiny", build_qwen_lm),
     "qwen_vl": ("qwen2-vl-tiny", build_qwen_vl),
+    "qwen3_guard": ("qwen3guard-gen-tiny", build_qwen3_guard),
     # A file, not a folder: the marker sits beside it like the folders' markers do.
     "yolo_random": ("yolov8n-random.pt", build_yolo_random),
 }

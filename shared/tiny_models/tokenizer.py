@@ -42,7 +42,9 @@ _CORPUS = [
 ]
 
 
-def build_tokenizer(vocab_size: int = 600) -> PreTrainedTokenizerFast:
+def build_tokenizer(
+    vocab_size: int = 600, extra_corpus: list[str] | None = None, model_max_length: int = 1024
+) -> PreTrainedTokenizerFast:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -54,12 +56,12 @@ def build_tokenizer(vocab_size: int = 600) -> PreTrainedTokenizerFast:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_CORPUS * 4, trainer)
+    tok.train_from_iterator((_CORPUS + (extra_corpus or [])) * 4, trainer)
     hf_tok = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
-        model_max_length=1024,
+        model_max_length=model_max_length,
     )
     hf_tok.chat_template = CHATML_TEMPLATE
     return hf_tok

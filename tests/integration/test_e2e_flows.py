@@ -56,6 +56,7 @@ def stack(
             "INTERFACE_SHORTS_WORKER_URLS": procs["shorts"].url,
             "INTERFACE_SCENES_WORKER_URLS": procs["scenes"].url,
             "INTERFACE_TEXT2IMG_WORKER_URLS": f"{procs['chat1to1'].url},{procs['scenes'].url}",
+            **stack_env.INTERFACE_GUARD,
         }
         with ServiceProcess("services.interface.main", env=interface_env) as api:
             procs["interface"] = api
@@ -211,12 +212,15 @@ def test_expansion_that_turns_blocked_never_reaches_the_worker(
         "LLM_MODEL_ID": str(tiny_models["qwen_lm"].parent / "no-such-llm"),
         "LLM_TEMPLATE_FALLBACK": "true",
         "LLM_INTERNAL_TOKEN": TOKEN,
+        # The word rules on the expansion are what this test is about; the guard has its own tests.
+        "LLM_GUARD_BACKEND": "off",
     }
     with ServiceProcess("services.llm_service.main", env=llm_env) as llm:
         env = {
             "INTERFACE_INTERNAL_TOKEN": TOKEN,
             "INTERFACE_LLM_URLS": llm.url,
             "INTERFACE_CHAT1TO1_WORKER_URLS": stack["chat1to1"].url,
+            "INTERFACE_GUARD": "off",
         }
         with ServiceProcess("services.interface.main", env=env) as api:
             persona = {**PERSONA, "age_range": "12 years old"}
@@ -257,6 +261,9 @@ def test_healthz_docs_and_metrics(stack: dict[str, ServiceProcess]) -> None:
     base = stack["interface"].url
     health = httpx.get(base + "/healthz").json()
     assert health["status"] == "ok"
+    # The tiny stack's guard profile (devtools/stack_env.py): asked about every image prompt, never enforced.
+    assert health["guard"] == "observe"
+    assert httpx.get(stack["llm"].url + "/healthz").json()["guard"]["status"] == "ok"
     assert {k: v["healthy"] for k, v in health["pools"].items()} == {
         "profile": 1,
         "selfie_feature": 1,
@@ -274,6 +281,7 @@ def test_healthz_docs_and_metrics(stack: dict[str, ServiceProcess]) -> None:
         "imgpod_queue_admitted_total",
         "imgpod_stage_seconds",
         "imgpod_pool_healthy_workers",
+        "imgpod_guard_seconds",
     ):
         assert name in metrics
 

@@ -51,6 +51,8 @@ def interface(tiny_models: dict[str, Path]) -> Iterator[ServiceProcess]:
             "INTERFACE_INTERNAL_TOKEN": TOKEN,
             "INTERFACE_TEXT2IMG_WORKER_URLS": worker.url,
             "INTERFACE_CHAT1TO1_WORKER_URLS": worker.url,
+            # No LLM behind this interface: the guard (tests/integration/test_guard.py) is not asked here.
+            "INTERFACE_GUARD": "off",
         }
         with ServiceProcess("services.interface.main", env=api_env) as api:
             yield api

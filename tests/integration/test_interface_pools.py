@@ -31,6 +31,9 @@ def served(worker: ServiceProcess) -> int:
 def interface_env(**extra: str) -> dict[str, str]:
     return {
         "INTERFACE_INTERNAL_TOKEN": TOKEN,
+        # These tests are about pools and queues in front of image workers, with no LLM: no guard to ask.
+        # The guard's own behaviour (enforce, observe, failures) is tests/integration/test_guard.py.
+        "INTERFACE_GUARD": "off",
         "INTERFACE_HEALTH_INTERVAL_S": "0.3",
         "INTERFACE_EJECT_AFTER_FAILURES": "1",
         "INTERFACE_EJECT_COOLDOWN_S": "1",

@@ -57,6 +57,8 @@ def _env(models: dict[str, Path], **extra: str) -> dict[str, str]:
         "LLM_REPLY_MAX_NEW_TOKENS": "32",
         "LLM_REQUEST_TIMEOUT_S": "30",
         "LLM_TEMPLATE_FALLBACK": "false",
+        # The chat contract on the tiny chat model; the guard is tests/integration/test_guard.py.
+        "LLM_GUARD_BACKEND": "off",
         **extra,
     }
 

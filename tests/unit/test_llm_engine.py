@@ -51,7 +51,10 @@ class ScriptedBackend:
 
 
 def make_engine(answers: Sequence[str | Exception], **overrides: object) -> tuple[LlmEngine, ScriptedBackend]:
-    settings = LlmSettings(backend="transformers", model_id="scripted", **overrides)
+    # The guard on outputs is tested over HTTP (tests/integration/test_guard.py); off here.
+    settings = LlmSettings(
+        **{"backend": "transformers", "model_id": "scripted", "guard_backend": "off", **overrides}
+    )
     engine = LlmEngine(settings, ServiceMetrics("test"))
     backend = ScriptedBackend(answers)
     engine.backend = backend  # type: ignore[assignment]

@@ -54,7 +54,7 @@ class FakeVllm:
 
 
 def vllm_engine(fake: FakeVllm, **overrides: Any) -> LlmEngine:
-    settings = LlmSettings(backend="vllm", model_id=MODEL_PATH, **overrides)
+    settings = LlmSettings(**{"backend": "vllm", "model_id": MODEL_PATH, "guard_backend": "off", **overrides})
     engine = LlmEngine(settings, ServiceMetrics("test"))
     backend = engine.backend
     assert isinstance(backend, VllmBackend)
@@ -103,7 +103,8 @@ def test_failed_load_message_names_the_model_publicly() -> None:
         async def start(self) -> None:
             raise OSError(f"{MODEL_PATH} does not appear to have a file named config.json")
 
-    engine = LlmEngine(LlmSettings(backend="transformers", model_id=MODEL_PATH), ServiceMetrics("test"))
+    settings = LlmSettings(backend="transformers", model_id=MODEL_PATH, guard_backend="off")
+    engine = LlmEngine(settings, ServiceMetrics("test"))
     engine.backend = Broken()  # type: ignore[assignment]
     asyncio.run(engine.start())
     assert engine.state == "error" and engine.error
@@ -118,7 +119,10 @@ def test_healthz_is_public_name_only(monkeypatch: pytest.MonkeyPatch) -> None:
         self._client = httpx.AsyncClient(base_url="http://vllm.test", transport=httpx.MockTransport(fake))
 
     monkeypatch.setattr(VllmBackend, "start", start)
-    app = create_app(LlmSettings(backend="vllm", model_id=MODEL_PATH, internal_token="llm-unit-token-77aa"))
+    settings = LlmSettings(
+        backend="vllm", model_id=MODEL_PATH, internal_token="llm-unit-token-77aa", guard_backend="off"
+    )
+    app = create_app(settings)
     with TestClient(app) as client:
         wait_until(lambda: client.get("/healthz").json()["status"] != "loading", what="backend started")
         resp = client.get("/healthz")

@@ -4,14 +4,15 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from services.interface.deps import PoolsDep, QueuesDep
+from services.interface.deps import PoolsDep, QueuesDep, SettingsDep
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz")
-async def healthz(pools: PoolsDep, queues: QueuesDep) -> dict[str, Any]:
-    """The interface is up; per pool, how many workers are in rotation (never their URLs)."""
+async def healthz(pools: PoolsDep, queues: QueuesDep, settings: SettingsDep) -> dict[str, Any]:
+    """The interface is up; per pool, how many workers are in rotation (never their URLs); the guard's mode
+    (enforce, observe, off: see services/interface/guard.py)."""
     pool_view = {p.name: {"healthy": p.healthy_count, "configured": len(p.workers)} for p in pools.all()}
     queue_view = {
         name: {
@@ -27,6 +28,7 @@ async def healthz(pools: PoolsDep, queues: QueuesDep) -> dict[str, Any]:
     return {
         "status": "degraded" if degraded else "ok",
         "service": "interface",
+        "guard": settings.guard,
         "pools": pool_view,
         "queues": queue_view,
     }

@@ -26,6 +26,7 @@ async def create_profile(
 ) -> ProfileCreateResponse:
     """Selfie in, avatar out: face and features from the selfie worker, then the profile image."""
     queue = queues["profile"]
+    await flows.prepare_profile(style)
     # Refuse for load before spending a decode (CPU and memory) on an upload that cannot be queued.
     queue.check_admission()
     data = await file.read(settings.max_upload_bytes + 1)

@@ -15,6 +15,8 @@ async def healthz(engine: EngineDep) -> JSONResponse:
 
     One exception: with the template fallback on, a model that failed is "degraded" and 200, because the
     service does answer (labelled templates) and the interface only routes to workers whose /healthz is 200.
+    The guard is "loading" until loaded too; after that its state is reported under "guard" and does not
+    change the status: a guard that is down refuses its own checks (503), it does not take the chat away.
     """
     state, detail = await engine.health()
     if state == "error" and engine.settings.template_fallback:
@@ -30,4 +32,5 @@ async def healthz(engine: EngineDep) -> JSONResponse:
     ).model_dump()
     body["backend"] = backend.name
     body["template_fallback"] = engine.settings.template_fallback
+    body["guard"] = await engine.guard.view()
     return JSONResponse(body, status_code=200 if state in ("ok", "degraded") else 503)
