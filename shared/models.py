@@ -202,6 +202,18 @@ class ReplyResponse(OpenModel):
 # --- guard (content safety classifier on the LLM pod) ---------------------------------------------------
 
 GuardVerdict = Literal["safe", "unsafe", "controversial", "unparsed"]
+# Qwen3Guard's categories, as its model card lists them; Jailbreak is judged in prompts only.
+GUARD_CATEGORIES = (
+    "Violent",
+    "Non-violent Illegal Acts",
+    "Sexual Content or Sexual Acts",
+    "PII",
+    "Suicide & Self-Harm",
+    "Unethical Acts",
+    "Politically Sensitive Topics",
+    "Copyright Violation",
+    "Jailbreak",
+)
 ModerateText = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_MODERATE_CHARS)
 ]

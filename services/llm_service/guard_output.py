@@ -12,20 +12,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from shared.models import GuardVerdict
+from shared.models import GUARD_CATEGORIES, GuardVerdict
 
 # The categories the model card lists (prompt moderation adds Jailbreak). Others are dropped, not invented.
-KNOWN_CATEGORIES = (
-    "Violent",
-    "Non-violent Illegal Acts",
-    "Sexual Content or Sexual Acts",
-    "PII",
-    "Suicide & Self-Harm",
-    "Unethical Acts",
-    "Politically Sensitive Topics",
-    "Copyright Violation",
-    "Jailbreak",
-)
+KNOWN_CATEGORIES = GUARD_CATEGORIES
 _BY_KEY = {name.casefold(): name for name in KNOWN_CATEGORIES}
 
 # Anchored at a line start (after optional markdown emphasis), so "Safety: Safe" quoted inside a longer

@@ -15,19 +15,11 @@ from pathlib import Path
 
 import torch
 
+from shared.models import GUARD_CATEGORIES
+from shared.tiny_models.qwen_lm import save_tiny_causal_lm
 from shared.tiny_models.tokenizer import build_tokenizer
 
-PROMPT_CATEGORIES = (
-    "Violent",
-    "Non-violent Illegal Acts",
-    "Sexual Content or Sexual Acts",
-    "PII",
-    "Suicide & Self-Harm",
-    "Unethical Acts",
-    "Politically Sensitive Topics",
-    "Copyright Violation",
-    "Jailbreak",
-)
+PROMPT_CATEGORIES = GUARD_CATEGORIES
 # Response moderation has no jailbreak category (a jailbreak is an attempt, made in a prompt).
 RESPONSE_CATEGORIES = PROMPT_CATEGORIES[:-1]
 
@@ -104,33 +96,12 @@ _GUARD_CORPUS = [
 
 
 def build_qwen3_guard(out: Path, seed: int = 0) -> Path:
-    from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
+    from transformers import Qwen3Config, Qwen3ForCausalLM
 
     torch.manual_seed(seed)
     tokenizer = build_tokenizer(vocab_size=900, extra_corpus=_GUARD_CORPUS, model_max_length=4096)
     # Qwen3's thinking markers are ordinary added tokens there too (decoded as text, not skipped).
     tokenizer.add_tokens(["<think>", "</think>"])
     tokenizer.chat_template = GUARD_TEMPLATE
-    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    model = Qwen3ForCausalLM(
-        Qwen3Config(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            head_dim=16,
-            max_position_embeddings=4096,
-            eos_token_id=eos,
-            pad_token_id=pad,
-            bos_token_id=pad,
-            tie_word_embeddings=True,
-        )
-    )
-    model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=pad, bos_token_id=pad)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    config = {"head_dim": 16, "max_position_embeddings": 4096}
+    return save_tiny_causal_lm(out, tokenizer, Qwen3ForCausalLM, Qwen3Config, **config)
