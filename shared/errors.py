@@ -17,20 +17,27 @@ ImgPodError
  +-- UpstreamTimeout (504)          a worker did not answer in time
  +-- InferenceTimeout (504)         the model did not finish in time
 
-Bodies are always ``{"detail": str, "code": str, "request_id": str}`` (plus ``stage`` for upstream errors).
-``str(exc)`` of library exceptions never reaches a body: it can leak paths and internals. The full cause is
-logged instead, with the same request id, so a client's report leads straight to the log line.
+Bodies are ``{"detail": str, "code": str, "request_id": str}`` (plus ``stage`` for upstream errors), except
+under the path prefixes an app gives its own ``ErrorShape`` (the interface's OpenAI-compatible routes answer
+``{"error": {"message", "type", "param", "code"}}``, ``openai_shape``). Every error, whichever layer raised it
+(a handler here, or the edge middleware's 401/413/503), is rendered through ``ErrorShapes``, so a route
+family's shape is chosen in one place. ``str(exc)`` of library exceptions never reaches a body: it can leak
+paths and internals. The full cause is logged instead, with the same request id, so a client's report leads
+straight to the log line.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.request_context import get_request_id
@@ -42,11 +49,20 @@ class ImgPodError(Exception):
     status_code: ClassVar[int] = 500
     code: ClassVar[str] = "internal_error"
 
-    def __init__(self, detail: str, *, stage: str | None = None, extra: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        detail: str,
+        *,
+        stage: str | None = None,
+        extra: dict[str, Any] | None = None,
+        param: str | None = None,
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.stage = stage
         self.extra = extra or {}
+        # The request field at fault, for shapes that name it (OpenAI's ``param``); not in the native body.
+        self.param = param
 
     def headers(self) -> dict[str, str]:
         return {}
@@ -70,6 +86,13 @@ class Unauthorized(ImgPodError):
 
     def headers(self) -> dict[str, str]:
         return {"WWW-Authenticate": "Bearer"}
+
+
+class NotDeployed(ImgPodError):
+    """The route is in the API but the work behind it is not deployed (yet): the same answer every time."""
+
+    status_code = 400
+    code = "not_deployed"
 
 
 class PayloadTooLarge(ImgPodError):
@@ -183,11 +206,106 @@ def validation_detail(errors: Any) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-def install_error_handlers(app: FastAPI) -> None:
+@dataclass(frozen=True, slots=True)
+class ErrorReply:
+    """One error answer before it takes a shape: what every handler and the edge middleware produce."""
+
+    status: int
+    detail: str
+    code: str
+    stage: str | None = None
+    param: str | None = None
+    # Finer than ``code`` where a shape can say more (a request field that is unknown or missing).
+    reason: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, exc: ImgPodError) -> ErrorReply:
+        status, headers = exc.status_code, exc.headers()
+        return cls(status, exc.detail, exc.code, exc.stage, exc.param, extra=exc.extra, headers=headers)
+
+
+# A shape turns a reply into (status, body); it may change the status (OpenAI has no 422).
+ErrorShape = Callable[[ErrorReply], tuple[int, dict[str, Any]]]
+
+
+def native_shape(reply: ErrorReply) -> tuple[int, dict[str, Any]]:
+    body: dict[str, Any] = {"detail": reply.detail, "code": reply.code}
+    if reply.stage:
+        body["stage"] = reply.stage
+    body.update(reply.extra)
+    return reply.status, body
+
+
+# OpenAI's error codes for what img_pod calls otherwise; any other code is passed on as it is.
+_OPENAI_CODES = {
+    "policy_blocked": "content_policy_violation",
+    "validation_error": "invalid_value",
+    "overloaded": "rate_limit_exceeded",
+    "unauthorized": "invalid_api_key",
+}
+
+
+def openai_shape(reply: ErrorReply) -> tuple[int, dict[str, Any]]:
+    """OpenAI's ``{"error": {"message", "type", "param", "code"}}``, as its SDKs parse it into exceptions.
+
+    The SDK picks its exception class by status (400 BadRequestError, 401 AuthenticationError, 429
+    RateLimitError, 5xx InternalServerError), so a refusal of what the client sent is a 400, never a 422.
+    """
+    status = 400 if reply.status == 422 else reply.status
+    code = reply.reason or _OPENAI_CODES.get(reply.code, reply.code)
+    if status == 429:
+        kind = "requests"
+    elif status >= 500:
+        kind = "server_error"
+    else:
+        kind = "invalid_request_error"
+    return status, {"error": {"message": reply.detail, "type": kind, "param": reply.param, "code": code}}
+
+
+class ErrorShapes:
+    """Which shape an error answer takes, by the request path's prefix (first match), native otherwise."""
+
+    def __init__(self, by_prefix: Sequence[tuple[str, ErrorShape]] = ()) -> None:
+        self.by_prefix = tuple(by_prefix)
+
+    def shape_for(self, path: str) -> ErrorShape:
+        for prefix, shape in self.by_prefix:
+            if path.startswith(prefix):
+                return shape
+        return native_shape
+
+    def render(self, path: str, reply: ErrorReply, request_id: str | None) -> tuple[int, bytes]:
+        shape = self.shape_for(path)
+        status, body = shape(reply)
+        if request_id and shape is native_shape:
+            body["request_id"] = request_id
+        # Encoded as JSONResponse does, so both kinds of error body read the same on the wire.
+        return status, json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+    def response(self, request: Request, reply: ErrorReply) -> Response:
+        status, body = self.render(request.url.path, reply, get_request_id())
+        return Response(body, status_code=status, headers=dict(reply.headers), media_type="application/json")
+
+
+def _validation_reply(errors: Any) -> ErrorReply:
+    first = next(iter(errors), {})
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "form", "path")]
+    reason = {"extra_forbidden": "unknown_parameter", "missing": "missing_required_parameter"}.get(
+        first.get("type", "")
+    )
+    return ErrorReply(
+        422, validation_detail(errors), "validation_error", param=".".join(loc) or None, reason=reason
+    )
+
+
+def install_error_handlers(app: FastAPI, shapes: ErrorShapes | None = None) -> None:
     """Register every handler once, so each service answers errors in the same shape."""
+    shapes = shapes or ErrorShapes()
 
     @app.exception_handler(ImgPodError)
-    async def _imgpod(_: Request, exc: ImgPodError) -> JSONResponse:
+    async def _imgpod(request: Request, exc: ImgPodError) -> Response:
         if exc.status_code >= 500:
             # With the traceback and the cause chained by ``raise ... from``: the log has what the body must
             # not show, under the same request id.
@@ -196,27 +314,20 @@ def install_error_handlers(app: FastAPI) -> None:
                 extra={"code": exc.code, "stage": exc.stage, "detail": exc.detail},
                 exc_info=exc,
             )
-        return _json(exc.body(), exc.status_code, exc.headers())
+        return shapes.response(request, ErrorReply.of(exc))
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return _json({"detail": validation_detail(exc.errors()), "code": "validation_error"}, 422)
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
+        return shapes.response(request, _validation_reply(exc.errors()))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         code = _STATUS_CODES.get(exc.status_code, "http_error")
-        return _json(
-            {"detail": str(exc.detail), "code": code}, exc.status_code, getattr(exc, "headers", None)
-        )
+        headers = getattr(exc, "headers", None) or {}
+        reply = ErrorReply(exc.status_code, str(exc.detail), code, headers=headers)
+        return shapes.response(request, reply)
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error", exc_info=exc)
-        return _json({"detail": "internal server error", "code": "internal_error"}, 500)
-
-
-def _json(body: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> JSONResponse:
-    request_id = get_request_id()
-    if request_id:
-        body["request_id"] = request_id
-    return JSONResponse(body, status_code=status, headers=headers)
+        return shapes.response(request, ErrorReply(500, "internal server error", "internal_error"))

@@ -23,7 +23,7 @@ from pydantic import SecretStr
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.drain import Drainer
-from shared.errors import PayloadTooLarge, install_error_handlers
+from shared.errors import ErrorReply, ErrorShapes, PayloadTooLarge, install_error_handlers
 from shared.metrics import ServiceMetrics
 from shared.request_context import (
     REQUEST_ID_HEADER,
@@ -59,6 +59,8 @@ class EdgeMiddleware:
         metrics: ServiceMetrics,
         max_json_bytes: int | None = None,
         drainer: Drainer | None = None,
+        public_prefixes: Iterable[str] = (),
+        error_shapes: ErrorShapes | None = None,
     ) -> None:
         self.app = app
         self.drainer = drainer
@@ -68,6 +70,9 @@ class EdgeMiddleware:
         self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         self.key_digests = [_digest(k.get_secret_value()) for k in keys]
         self.public_paths = frozenset(public_paths)
+        # Routes whose own query carries the credential (signed URLs): open to the edge, checked by the route.
+        self.public_prefixes = tuple(public_prefixes)
+        self.error_shapes = error_shapes or ErrorShapes()
         self.max_body_bytes = max_body_bytes
         self.max_json_bytes = max_json_bytes or max_body_bytes
         self.metrics = metrics
@@ -120,12 +125,15 @@ class EdgeMiddleware:
             if self.drainer is not None and self.drainer.draining and not _serves_while_draining(path):
                 await self._refuse_draining(send_wrapper, request_id, path)
                 return
-            if path not in self.public_paths and not self._authorised(headers):
-                await _send_error(
+            if (
+                path not in self.public_paths
+                and not path.startswith(self.public_prefixes)
+                and not self._authorised(headers)
+            ):
+                await self._send_error(
                     send_wrapper,
-                    401,
-                    "missing or invalid credentials",
-                    "unauthorized",
+                    path,
+                    ErrorReply(401, "missing or invalid credentials", "unauthorized"),
                     request_id,
                     extra=[(b"www-authenticate", b"Bearer")],
                 )
@@ -134,9 +142,10 @@ class EdgeMiddleware:
             multipart = headers.get(b"content-type", b"").startswith(b"multipart/")
             limit = self.max_body_bytes if multipart else min(self.max_body_bytes, self.max_json_bytes)
             too_large_detail = f"request body is larger than {limit} bytes"
+            too_large_reply = ErrorReply(413, too_large_detail, "payload_too_large")
             declared = headers.get(b"content-length")
             if declared is not None and declared.isdigit() and int(declared) > limit:
-                await _send_error(send_wrapper, 413, too_large_detail, "payload_too_large", request_id)
+                await self._send_error(send_wrapper, path, too_large_reply, request_id)
                 return
             received = 0
 
@@ -150,9 +159,7 @@ class EdgeMiddleware:
                     received += len(message.get("body", b""))
                     if received > limit:
                         if not started_response and not too_large:
-                            await _send_error(
-                                send_wrapper, 413, too_large_detail, "payload_too_large", request_id
-                            )
+                            await self._send_error(send_wrapper, path, too_large_reply, request_id)
                             too_large = True
                         raise PayloadTooLarge(too_large_detail)
                 return message
@@ -202,21 +209,25 @@ class EdgeMiddleware:
 
     async def _refuse_draining(self, send: Send, request_id: str, path: str) -> None:
         assert self.drainer is not None
-        if path == "/healthz":
-            body = {"status": "draining", "request_id": request_id}
-        else:
-            body = {
-                "detail": "this server is shutting down; retry shortly",
-                "code": "draining",
-                "request_id": request_id,
-            }
         retry = str(max(1, round(self.drainer.retry_after_s))).encode()
-        await _send_json(
-            send,
-            503,
-            json.dumps(body).encode(),
-            extra=[(b"retry-after", retry), (b"connection", b"close")],
-        )
+        extra = [(b"retry-after", retry), (b"connection", b"close")]
+        if path == "/healthz":
+            body = json.dumps({"status": "draining", "request_id": request_id}).encode()
+            await _send_json(send, 503, body, extra=extra)
+            return
+        reply = ErrorReply(503, "this server is shutting down; retry shortly", "draining")
+        await self._send_error(send, path, reply, request_id, extra=extra)
+
+    async def _send_error(
+        self,
+        send: Send,
+        path: str,
+        reply: ErrorReply,
+        request_id: str,
+        extra: list[tuple[bytes, bytes]] = (),  # type: ignore[assignment]
+    ) -> None:
+        status, body = self.error_shapes.render(path, reply, request_id)
+        await _send_json(send, status, body, extra)
 
 
 _REQUEST_ID_BYTES = REQUEST_ID_HEADER.encode()
@@ -228,18 +239,6 @@ def _serves_while_draining(path: str) -> bool:
     # Metrics stay readable, and test hooks (present only with test_hooks on) must be able to release
     # requests parked during a drain.
     return path == "/metrics" or path.startswith("/v1/test/")
-
-
-async def _send_error(
-    send: Send,
-    status: int,
-    detail: str,
-    code: str,
-    request_id: str,
-    extra: list[tuple[bytes, bytes]] = (),  # type: ignore[assignment]
-) -> None:
-    body = json.dumps({"detail": detail, "code": code, "request_id": request_id}).encode()
-    await _send_json(send, status, body, extra)
 
 
 async def _send_json(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] = ()) -> None:  # type: ignore[assignment]
@@ -270,6 +269,8 @@ def build_app(
     public_paths: Iterable[str] = ("/healthz",),
     docs: bool = False,
     drain_timeout_s: float | None = None,
+    public_prefixes: Iterable[str] = (),
+    error_shapes: ErrorShapes | None = None,
 ) -> FastAPI:
     drainer = Drainer(drain_timeout_s) if drain_timeout_s else None
 
@@ -296,7 +297,7 @@ def build_app(
     )
     app.state.metrics = metrics
     app.state.drainer = drainer
-    install_error_handlers(app)
+    install_error_handlers(app, error_shapes)
     for router in routers:
         app.include_router(router)
 
@@ -313,6 +314,8 @@ def build_app(
         max_json_bytes=max_json_bytes,
         metrics=metrics,
         drainer=drainer,
+        public_prefixes=public_prefixes,
+        error_shapes=error_shapes,
     )
     return app
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from fastapi import Request
@@ -62,15 +62,33 @@ async def _wait_for_disconnect(request: Request) -> None:
 
 async def run_admitted(request: Request, queue: BoundedQueue, work: Callable[[], Awaitable[Any]]) -> Any:
     """Submit to the queue and give up the item as soon as the client disconnects."""
-    submit = asyncio.ensure_future(queue.submit(work))
+    return (await run_admitted_all(request, queue, [work]))[0]
+
+
+async def run_admitted_all(
+    request: Request, queue: BoundedQueue, works: Sequence[Callable[[], Awaitable[Any]]]
+) -> list[Any]:
+    """Several items of one request, each admitted on its own; all are given up when one fails or the client
+    disconnects (one answer carries them all, so a part of it is worth nothing)."""
+    submits = [asyncio.ensure_future(queue.submit(work)) for work in works]
     gone = asyncio.ensure_future(_wait_for_disconnect(request))
     try:
-        done, _ = await asyncio.wait({submit, gone}, return_when=asyncio.FIRST_COMPLETED)
+        pending: set[asyncio.Future[Any]] = set(submits)
+        while pending and not gone.done():
+            done, pending = await asyncio.wait({*pending, gone}, return_when=asyncio.FIRST_COMPLETED)
+            pending.discard(gone)
+            if any(not f.cancelled() and f.exception() is not None for f in done if f is not gone):
+                break
     finally:
         gone.cancel()
-    if submit in done:
-        return submit.result()
-    submit.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await submit
+    if all(f.done() for f in submits) and not any(f.cancelled() or f.exception() for f in submits):
+        return [f.result() for f in submits]
+    for f in submits:
+        f.cancel()
+    for f in submits:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await f
+    failed = next((f for f in submits if not f.cancelled() and f.exception() is not None), None)
+    if failed is not None:
+        raise failed.exception()  # type: ignore[misc]
     raise ClientGone()

@@ -11,9 +11,13 @@ from fastapi.responses import Response
 from services.interface.admission import ClientGone, build_queues
 from services.interface.flows import Flows
 from services.interface.guard import Guard
+from services.interface.openai_images import OPENAI_PREFIXES
+from services.interface.openai_images import router as openai_router
+from services.interface.openai_images.output_store import FILES_PATH, OutputStore
 from services.interface.pool_set import build_pools, client_limits
 from services.interface.routes import chat, health, profile
 from services.interface.settings import InterfaceSettings
+from shared.errors import ErrorShapes, openai_shape
 from shared.http_client import make_async_client
 from shared.logging_config import configure_logging
 from shared.metrics import ServiceMetrics
@@ -55,7 +59,7 @@ def create_app(settings: InterfaceSettings | None = None) -> FastAPI:
         title="img_pod interface",
         version=VERSION,
         lifespan=lifespan,
-        routers=[health.router, profile.router, chat.router],
+        routers=[health.router, profile.router, chat.router, openai_router],
         metrics=metrics,
         keys=settings.api_keys,
         max_body_bytes=settings.max_body_bytes,
@@ -63,8 +67,18 @@ def create_app(settings: InterfaceSettings | None = None) -> FastAPI:
         public_paths=PUBLIC_PATHS,
         docs=True,
         drain_timeout_s=settings.drain_timeout_s,
+        # A signed output URL is its own credential: OpenAI clients fetch it with no key.
+        public_prefixes=(FILES_PATH + "/",),
+        error_shapes=ErrorShapes([(prefix, openai_shape) for prefix in OPENAI_PREFIXES]),
     )
     app.state.settings = settings
+    secret = settings.openai_url_secret
+    app.state.openai_outputs = OutputStore(
+        ttl_s=settings.openai_url_ttl_s,
+        max_items=settings.openai_url_max_items,
+        max_bytes=settings.openai_url_max_bytes,
+        secret=secret.get_secret_value().encode() if secret else None,
+    )
 
     @app.exception_handler(ClientGone)
     async def _client_gone(_: Request, __: ClientGone) -> Response:

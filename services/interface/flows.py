@@ -83,11 +83,13 @@ def check_size(pool: WorkerPool, width: int | None, height: int | None, steps: i
         return
     for name, side in (("width", width), ("height", height)):
         if side is not None and side > limits.max_side:
-            raise ValidationFailed(f"{name}: at most {limits.max_side} on this deployment")
+            raise ValidationFailed(f"{name}: at most {limits.max_side} on this deployment", param=name)
     if width is not None and height is not None and width * height > limits.max_pixels:
-        raise ValidationFailed(f"{width}x{height} is over this deployment's {limits.max_pixels} pixels")
+        raise ValidationFailed(
+            f"{width}x{height} is over this deployment's {limits.max_pixels} pixels", param="width"
+        )
     if steps is not None and steps > limits.max_steps:
-        raise ValidationFailed(f"steps: at most {limits.max_steps} on this deployment")
+        raise ValidationFailed(f"steps: at most {limits.max_steps} on this deployment", param="steps")
 
 
 @dataclass(frozen=True, slots=True)

@@ -72,6 +72,19 @@ class InterfaceSettings(ServiceSettings):
     # Bound of one guard answer once the call is sent (like every stage timeout); past it, 503 in enforce.
     guard_timeout_s: float = Field(3.0, gt=0)
 
+    # The OpenAI-compatible images API (services/interface/openai_images/). Most images one request may ask
+    # for (``n``); each is its own item in the model's queue.
+    openai_max_n: int = Field(4, ge=1, le=16)
+    # ``response_format=url``: outputs are kept in this process's memory (a URL is served by the replica that
+    # made it) for this long, bounded by count and bytes (the oldest go first), behind an HMAC-signed URL.
+    openai_url_ttl_s: float = Field(600.0, gt=0)
+    openai_url_max_items: int = Field(256, ge=1)
+    openai_url_max_bytes: int = Field(256 * 1024 * 1024, ge=1024)
+    # Signs those URLs; random per process when unset (URLs die with the process anyway).
+    openai_url_secret: SecretStr | None = None
+    # Public base of those URLs (https://host behind a proxy); the request's own base URL when unset.
+    openai_public_url: str | None = None
+
     @model_validator(mode="after")
     def _drain_outlasts_requests(self) -> InterfaceSettings:
         # A drain shorter than a request's own timeout would cut accepted requests off at every deploy.

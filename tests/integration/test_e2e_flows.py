@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 
 from devtools import stack_env
@@ -332,3 +333,17 @@ def test_every_service_logs_json_lines(stack: dict[str, ServiceProcess]) -> None
         assert all(r.get("request_id") for r in access), name
         if name in ("interface", "llm", "chat1to1"):
             assert access, name
+
+
+def test_openai_sdk_scenes_model_returns_the_expanded_prompt(stack: dict[str, ServiceProcess]) -> None:
+    """An LLM-expanded model through the official SDK: the scenes flow, its prompt as revised_prompt."""
+    sdk = openai.OpenAI(base_url=stack["interface"].url + "/v1", api_key=API_KEY, timeout=120)
+    before = calls(stack["scenes"], "/v1/chat/scenes/generate")
+    result = sdk.images.generate(model="img-pod-scenes", prompt="you at the beach at sunset", size="64x64")
+    assert result.data is not None and len(result.data) == 1
+    image = result.data[0]
+    assert image.b64_json and image_of(image.b64_json).size == (64, 64)
+    assert image.revised_prompt and image.revised_prompt != "you at the beach at sunset"
+    assert calls(stack["scenes"], "/v1/chat/scenes/generate") == before + 1
+    ids = {m.id for m in sdk.models.list()}
+    assert ids == {"img-pod-general", "img-pod-private", "img-pod-shorts", "img-pod-scenes"}

@@ -1,0 +1,138 @@
+"""The OpenAI Images API's request and response bodies, as far as img_pod speaks them.
+
+The request model is explicit about every field an OpenAI SDK can send: each is either used, accepted and
+ignored (it changes nothing here, and refusing it would break clients that always send it), or refused
+with a 400 naming it (it asks for something this deployment cannot do). Anything else is an unknown
+parameter, refused the same way. README.md, "OpenAI-compatible images", has the table.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+from shared.models import NonEmptyPrompt, Seed, StrictModel
+
+DEFAULT_MODEL = "img-pod-general"
+_SIZE = re.compile(r"(\d{2,4})x(\d{2,4})")
+# The sides the native routes accept (shared/models.py ``Side``); the deployment's own limits come after.
+MIN_SIDE, MAX_SIDE, SIDE_STEP = 16, 2048, 16
+Text = Annotated[str, Field(max_length=256)]
+
+
+def parse_size(size: str | None) -> tuple[int, int] | None:
+    """``WIDTHxHEIGHT`` as two sides, or None for the workers' default (``auto`` or no size)."""
+    if size is None or size == "auto":
+        return None
+    match = _SIZE.fullmatch(size)
+    if match is None:
+        raise ValueError("must be WIDTHxHEIGHT (for example 512x512) or auto")
+    width, height = int(match[1]), int(match[2])
+    for side in (width, height):
+        if not MIN_SIDE <= side <= MAX_SIDE or side % SIDE_STEP:
+            raise ValueError(f"sides must be {MIN_SIDE} to {MAX_SIDE} in multiples of {SIDE_STEP}")
+    return width, height
+
+
+class ImageGenerationRequest(StrictModel):
+    prompt: NonEmptyPrompt
+    model: Annotated[str, Field(max_length=64)] = DEFAULT_MODEL
+    # The upper bound is a setting (INTERFACE_OPENAI_MAX_N), checked by the route.
+    n: Annotated[int, Field(ge=1)] | None = None
+    size: Annotated[str, Field(max_length=16)] | None = None
+    response_format: Literal["b64_json", "url"] | None = None
+    stream: bool | None = None
+    # Accepted; no partial image is sent yet (there is no denoising progress to take them from), which the
+    # API allows: the final image may come before any partial one.
+    partial_images: Annotated[int, Field(ge=0, le=3)] | None = None
+    # Accepted and ignored: who the end user is (img_pod's logs carry the request id instead).
+    user: Text | None = None
+    safety_identifier: Text | None = None
+    # Accepted and ignored: the model's own steps decide quality, and the prompt decides style.
+    quality: Literal["auto", "standard", "hd", "low", "medium", "high", "xhigh", "max"] | None = None
+    style: Literal["vivid", "natural"] | None = None
+    # The model id decides moderation (img-pod-private is the unmoderated one), never the client.
+    moderation: Literal["auto", "low"] | None = None
+    # The workers paint opaque PNGs: anything else is refused by these literals.
+    background: Literal["auto", "opaque"] | None = None
+    output_format: Literal["png"] | None = None
+    output_compression: Annotated[int, Field(ge=0, le=100)] | None = None
+    # img_pod's own knobs, sent by the SDK through ``extra_body``.
+    seed: Seed | None = None
+    steps: Annotated[int, Field(ge=1, le=50)] | None = None
+    guidance: float | None = None
+    persona_id: Text | None = None
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, value: str | None) -> str | None:
+        parse_size(value)
+        return value
+
+    @field_validator("guidance")
+    @classmethod
+    def _guidance(cls, value: float | None) -> float | None:
+        if value is not None:
+            raise ValueError("not adjustable on this deployment: the workers use the model's tuned guidance")
+        return value
+
+    @field_validator("persona_id")
+    @classmethod
+    def _persona(cls, value: str | None) -> str | None:
+        if value is not None:
+            raise ValueError("personas are not stored by this deployment yet; describe the persona in prompt")
+        return value
+
+    @property
+    def dimensions(self) -> tuple[int, int] | None:
+        return parse_size(self.size)
+
+
+class ImageData(BaseModel):
+    b64_json: str | None = None
+    url: str | None = None
+    # The prompt the image was made from, when the LLM wrote it (img-pod-shorts, img-pod-scenes).
+    revised_prompt: str | None = None
+
+
+class InputTokensDetails(BaseModel):
+    text_tokens: int = 0
+    image_tokens: int = 0
+
+
+class ImageUsage(BaseModel):
+    # Tokens of the prompt(s) as the image model's text encoder saw them; images cost no tokens here.
+    input_tokens: int = 0
+    input_tokens_details: InputTokensDetails = Field(default_factory=InputTokensDetails)
+    output_tokens: int = 0
+    total_tokens: int = 0
+
+    @classmethod
+    def of_prompt_tokens(cls, tokens: int) -> ImageUsage:
+        return cls(
+            input_tokens=tokens,
+            input_tokens_details=InputTokensDetails(text_tokens=tokens),
+            total_tokens=tokens,
+        )
+
+
+class ImagesResponse(BaseModel):
+    created: int
+    data: list[ImageData]
+    size: str | None = None
+    output_format: Literal["png"] = "png"
+    usage: ImageUsage
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "img-pod"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]

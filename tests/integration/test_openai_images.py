@@ -1,0 +1,259 @@
+"""The OpenAI Images API on the interface, driven by the official ``openai`` SDK (sync and async).
+
+One interface in front of one real tiny image worker (the chat1to1 role also serves the role-free
+/v1/generate, so it backs both img-pod-general and img-pod-private). No LLM: the guard is off, and the
+LLM-expanded models (img-pod-shorts, img-pod-scenes) are covered by tests/integration/test_e2e_flows.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import itertools
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from PIL import Image
+
+from devtools.service_process import ServiceProcess
+from services.interface.app import create_app
+from services.interface.settings import InterfaceSettings
+from tests.helpers.waiting import WorkerGate, wait_until
+from tests.integration.test_image_workers import TOKEN, image_env
+from tests.integration.test_interface_pools import gate_of, queue_view
+
+pytestmark = pytest.mark.integration
+
+API_KEY = "client-key-openai"
+HARD_BLOCKED = "sexy schoolgirl undressing"
+
+
+@pytest.fixture(scope="module")
+def worker(tiny_models: dict[str, Path]) -> Iterator[ServiceProcess]:
+    env = image_env(tiny_models["zimage"], IMAGE_MAX_SIDE="128", IMAGE_TEST_HOOKS="1")
+    with ServiceProcess("services.chat1to1_worker.main", env=env) as proc:
+        yield proc
+
+
+@pytest.fixture(scope="module")
+def api(worker: ServiceProcess) -> Iterator[ServiceProcess]:
+    env = {
+        "INTERFACE_INTERNAL_TOKEN": TOKEN,
+        "INTERFACE_API_KEYS": f"other-key,{API_KEY}",
+        "INTERFACE_TEXT2IMG_WORKER_URLS": worker.url,
+        "INTERFACE_CHAT1TO1_WORKER_URLS": worker.url,
+        # No LLM behind this interface: no guard to ask (its behaviour is tests/integration/test_guard.py).
+        "INTERFACE_GUARD": "off",
+        # One call at a time and two waiting (n=2 fits): the queue is full after three requests.
+        "INTERFACE_PER_WORKER_CONCURRENCY": "1",
+        "INTERFACE_QUEUE_OVERRIDES": '{"text2img": {"capacity": 2, "sla_ms": 600000}}',
+        "INTERFACE_RETRY_AFTER_CAP_MS": "1000",
+    }
+    with ServiceProcess("services.interface.main", env=env) as proc:
+        yield proc
+
+
+def client(api: ServiceProcess, **kwargs: object) -> openai.OpenAI:
+    return openai.OpenAI(base_url=api.url + "/v1", api_key=API_KEY, timeout=120, **kwargs)  # type: ignore[arg-type]
+
+
+def png_size(b64: str) -> tuple[int, int]:
+    return Image.open(io.BytesIO(base64.b64decode(b64))).size
+
+
+def test_generate_b64_json(api: ServiceProcess) -> None:
+    result = client(api).images.generate(
+        model="img-pod-general", prompt="a lighthouse at dusk", size="64x64", response_format="b64_json"
+    )
+    assert result.created > 0
+    assert result.data is not None and len(result.data) == 1
+    image = result.data[0]
+    assert image.b64_json is not None and png_size(image.b64_json) == (64, 64)
+    assert image.revised_prompt is None and image.url is None
+    assert result.usage is not None and result.usage.input_tokens > 0
+
+
+def test_model_defaults_to_general_and_size_auto_to_the_worker_default(api: ServiceProcess) -> None:
+    result = client(api).images.generate(prompt="a quiet harbour", size="auto")
+    assert result.data is not None and png_size(result.data[0].b64_json or "") == (64, 64)
+
+
+def test_generate_url_is_signed_and_needs_no_key(api: ServiceProcess) -> None:
+    result = client(api).images.generate(
+        model="img-pod-private", prompt="a candle-lit dinner table", size="96x64", response_format="url"
+    )
+    assert result.data is not None
+    url = result.data[0].url
+    assert url is not None and url.startswith(api.url + "/v1/images/files/")
+    fetched = httpx.get(url)
+    assert fetched.status_code == 200 and fetched.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(fetched.content)).size == (96, 64)
+    tampered = httpx.get(url.replace("sig=", "sig=0"))
+    assert tampered.status_code == 404
+    assert tampered.json()["error"]["code"] == "not_found"
+
+
+def test_n_images_take_consecutive_seeds(api: ServiceProcess) -> None:
+    async def generate() -> tuple[openai.types.ImagesResponse, openai.types.ImagesResponse]:
+        async with openai.AsyncOpenAI(base_url=api.url + "/v1", api_key=API_KEY, timeout=120) as aclient:
+            pair = await aclient.images.generate(
+                prompt="a red fox", n=2, size="64x64", extra_body={"seed": 7}
+            )
+            single = await aclient.images.generate(prompt="a red fox", size="64x64", extra_body={"seed": 8})
+            return pair, single
+
+    pair, single = asyncio.run(generate())
+    assert pair.data is not None and single.data is not None
+    images = [d.b64_json for d in pair.data]
+    assert len(images) == 2 and images[0] != images[1]
+    # The second of n=2 from seed 7 is the image of seed 8.
+    assert images[1] == single.data[0].b64_json
+
+
+def test_stream_with_partial_images(api: ServiceProcess) -> None:
+    stream = client(api).images.generate(
+        prompt="a windmill in a field", size="64x64", stream=True, partial_images=2
+    )
+    events = list(stream)
+    # No denoising progress is relayed yet: the final image comes with no partial one, as the API allows.
+    assert [e.type for e in events] == ["image_generation.completed"]
+    done = events[-1]
+    assert done.size == "64x64" and done.output_format == "png"
+    assert png_size(done.b64_json) == (64, 64)
+
+    async def astream() -> list[str]:
+        async with openai.AsyncOpenAI(base_url=api.url + "/v1", api_key=API_KEY, timeout=120) as aclient:
+            events = await aclient.images.generate(prompt="a windmill", n=2, size="64x64", stream=True)
+            return [e.type async for e in events]
+
+    assert asyncio.run(astream()) == ["image_generation.completed"] * 2
+
+
+def test_policy_block_is_content_policy_violation(api: ServiceProcess) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client(api).images.generate(prompt=HARD_BLOCKED)
+    assert caught.value.code == "content_policy_violation"
+    assert caught.value.type == "invalid_request_error"
+    assert caught.value.response.headers["x-request-id"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "param", "code"),
+    [
+        ({"size": "100x100"}, "size", "invalid_value"),
+        # Valid as a size, but over the worker's advertised max side (128): the native route's check.
+        ({"size": "256x256"}, "size", "invalid_value"),
+        ({"model": "dall-e-3"}, "model", "invalid_value"),
+        ({"n": 5}, "n", "invalid_value"),
+        ({"output_format": "jpeg"}, "output_format", "invalid_value"),
+        ({"background": "transparent"}, "background", "invalid_value"),
+        ({"extra_body": {"guidance": 3.5}}, "guidance", "invalid_value"),
+        ({"extra_body": {"frobnicate": 1}}, "frobnicate", "unknown_parameter"),
+    ],
+)
+def test_refused_fields_are_400_naming_the_param(
+    api: ServiceProcess, kwargs: dict[str, object], param: str, code: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client(api).images.generate(prompt="a small boat", **kwargs)  # type: ignore[arg-type]
+    assert (caught.value.param, caught.value.code) == (param, code), caught.value.body
+
+
+def test_ignored_fields_are_accepted(api: ServiceProcess) -> None:
+    result = client(api).images.generate(
+        prompt="a small boat",
+        size="64x64",
+        quality="high",
+        style="natural",
+        moderation="low",
+        output_compression=80,
+        user="user-1",
+        background="opaque",
+        output_format="png",
+    )
+    assert result.data is not None and result.data[0].b64_json
+
+
+def test_wrong_key_is_authentication_error(api: ServiceProcess) -> None:
+    wrong = openai.OpenAI(base_url=api.url + "/v1", api_key="not-a-key", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as caught:
+        wrong.images.generate(prompt="a small boat")
+    assert caught.value.code == "invalid_api_key"
+    with pytest.raises(openai.AuthenticationError):
+        wrong.models.list()
+    # The native routes keep their own shape.
+    native = httpx.post(api.url + "/v1/imagegen", json={"prompt": "a boat"}, headers={"X-API-Key": "nope"})
+    assert native.status_code == 401 and native.json()["code"] == "unauthorized"
+
+
+def test_models_lists_the_deployed_image_models(api: ServiceProcess) -> None:
+    ids = [m.id for m in client(api).models.list()]
+    # shorts and scenes need the LLM and their own workers, which this interface has not got.
+    assert ids == ["img-pod-general", "img-pod-private"]
+
+
+def test_edits_is_a_clear_400(api: ServiceProcess) -> None:
+    png = io.BytesIO()
+    Image.new("RGB", (32, 32)).save(png, format="PNG")
+    with pytest.raises(openai.BadRequestError) as caught:
+        client(api).images.edit(image=("in.png", png.getvalue(), "image/png"), prompt="make it blue")
+    assert caught.value.code == "not_deployed"
+    assert "image-to-image" in caught.value.message
+
+
+def rejected_full(api: ServiceProcess) -> float:
+    for line in httpx.get(api.url + "/metrics", headers={"X-API-Key": API_KEY}).text.splitlines():
+        if line.startswith('imgpod_queue_rejected_total{queue="text2img",reason="full"}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_full_queue_is_rate_limit_error_after_retries_that_wait_retry_after(
+    api: ServiceProcess, worker: ServiceProcess
+) -> None:
+    seen: list[tuple[float, int, str | None]] = []
+
+    def record(response: httpx.Response) -> None:
+        seen.append((time.monotonic(), response.status_code, response.headers.get("retry-after")))
+
+    sdk = client(api, max_retries=2, http_client=httpx.Client(event_hooks={"response": [record]}))
+    native = {"X-API-Key": API_KEY}
+
+    async def fill_then_call(gate: WorkerGate) -> None:
+        async with httpx.AsyncClient(base_url=api.url, headers=native, timeout=120) as c:
+            # The first holds the only consumer, parked in the worker; the next two take the queue's places.
+            running = asyncio.create_task(c.post("/v1/imagegen", json={"prompt": "a boat"}))
+            await asyncio.to_thread(gate.wait_parked, 1)
+            queued = [
+                asyncio.create_task(c.post("/v1/imagegen", json={"prompt": f"a ship {i}"})) for i in range(2)
+            ]
+            await asyncio.to_thread(wait_until, lambda: queue_view(api, "text2img")["depth"] == 2)
+            before = rejected_full(api)
+            with pytest.raises(openai.RateLimitError) as caught:
+                await asyncio.to_thread(sdk.images.generate, prompt="a canoe", size="64x64")
+            assert caught.value.code == "rate_limit_exceeded"
+            # The SDK's first try and its two retries, each refused by the queue.
+            assert rejected_full(api) - before == 3
+            gate.open()
+            assert (await running).status_code == 200
+            assert [(await q).status_code for q in queued] == [200, 200]
+
+    with gate_of(worker).closed() as gate:
+        asyncio.run(fill_then_call(gate))
+    assert [status for _, status, _ in seen] == [429, 429, 429]
+    for (at, _, retry_after), (next_at, _, _) in itertools.pairwise(seen):
+        assert retry_after is not None and int(retry_after) >= 1
+        # Each retry waited what Retry-After said (the SDK's own backoff without it starts at 0.5 s).
+        assert next_at - at >= int(retry_after) - 0.05
+
+
+def test_openapi_lists_the_openai_routes() -> None:
+    paths = create_app(InterfaceSettings()).openapi()["paths"]
+    assert {"/v1/models", "/v1/images/generations", "/v1/images/edits", "/v1/images/files/{file_id}"} <= set(
+        paths
+    )
