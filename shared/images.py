@@ -1,13 +1,12 @@
 """Image decoding with limits (bytes, pixels, real format) and encoding to base64.
 
 An upload's cost is its decoded size, not its byte size: a 130 KB single-colour PNG can be 40 megapixels.
-So there are three ways in, each as cheap as its caller can afford:
+So there are two ways in, each as cheap as its caller can afford:
 
 - ``probe_upload`` reads the header only (format and size), for a service that checks and forwards;
-- ``decode_upload_scaled`` decodes at most ``max_side`` on the long side (JPEG at a reduced DCT scale, so the
+- ``decode_upload`` decodes at most ``max_side`` on the long side (JPEG at a reduced DCT scale, so the
   full size is never allocated; other formats decode once and shrink at once) inside a ``PixelBudget``
-  shared by the process's concurrent decodes, and says how to map coordinates back to the upload;
-- ``decode_upload`` is the same returning the image alone.
+  shared by the process's concurrent decodes, and says how to map coordinates back to the upload.
 """
 
 from __future__ import annotations
@@ -136,7 +135,7 @@ def _shrink(img: Image.Image, max_side: int) -> Image.Image:
     return img
 
 
-def decode_upload_scaled(
+def decode_upload(
     data: bytes,
     *,
     max_bytes: int,
@@ -173,26 +172,6 @@ def decode_upload_scaled(
         img = flatten_to_rgb(img)
     original_size = (stored_size[1], stored_size[0]) if transposed else stored_size
     return DecodedImage(img, original_size)
-
-
-def decode_upload(
-    data: bytes,
-    *,
-    max_bytes: int,
-    max_pixels: int,
-    allowed_formats: frozenset[str] = ALLOWED_UPLOAD_FORMATS,
-    max_side: int | None = None,
-    budget: PixelBudget | None = None,
-) -> Image.Image:
-    """``decode_upload_scaled`` for callers that need the image only (at full size by default)."""
-    return decode_upload_scaled(
-        data,
-        max_bytes=max_bytes,
-        max_pixels=max_pixels,
-        max_side=max_side,
-        budget=budget,
-        allowed_formats=allowed_formats,
-    ).image
 
 
 def flatten_to_rgb(img: Image.Image) -> Image.Image:

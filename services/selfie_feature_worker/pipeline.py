@@ -26,7 +26,7 @@ from services.selfie_feature_worker.quality import assess
 from services.selfie_feature_worker.settings import SelfieSettings
 from services.selfie_feature_worker.vlm import QwenVlDescriber
 from shared.errors import InferenceFailed
-from shared.images import DecodedImage, decode_upload_scaled
+from shared.images import DecodedImage, decode_upload
 from shared.models import AnalyzeResponse, FaceBox, FaceMeta, QualitySignals
 from shared.pixel_budget import DEFAULT_TRIM_AFTER_PX, PixelBudget
 from shared.public_names import public_model_id
@@ -103,7 +103,7 @@ class SelfieAnalyzer:
         self.vlm.describe(gray, max_new_tokens=1)
 
     def decode(self, data: bytes) -> DecodedImage:
-        return decode_upload_scaled(
+        return decode_upload(
             data,
             max_bytes=self.settings.max_upload_bytes,
             max_pixels=self.settings.max_pixels,

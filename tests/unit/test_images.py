@@ -11,7 +11,7 @@ from PIL import Image
 
 from devtools.photos import astronaut, encode
 from shared.errors import PayloadTooLarge, UnsupportedMedia, ValidationFailed
-from shared.images import decode_upload, decode_upload_scaled, fit_within, probe_upload
+from shared.images import decode_upload, fit_within, probe_upload
 from shared.pixel_budget import DecodeBusy, PixelBudget
 from tests.helpers.photos import exif_rotated_jpeg, gif, huge_png_header, truncated_jpeg
 
@@ -83,7 +83,7 @@ def test_probe_and_decode_refuse_alike(
     with pytest.raises(error):
         probe_upload(payload, **limits)
     with pytest.raises(error):
-        decode_upload_scaled(payload, max_side=1024, **limits)
+        decode_upload(payload, max_side=1024, **limits)
 
 
 # --- scaled decode -----------------------------------------------------------------------------------
@@ -91,7 +91,7 @@ def test_probe_and_decode_refuse_alike(
 
 def test_jpeg_decodes_at_a_reduced_dct_scale(big: Image.Image) -> None:
     budget = RecordingBudget()
-    decoded = decode_upload_scaled(encode(big, "JPEG", quality=90), max_side=1024, budget=budget, **LIMITS)
+    decoded = decode_upload(encode(big, "JPEG", quality=90), max_side=1024, budget=budget, **LIMITS)
     # libjpeg decoded 1/2 scale (1500 px: the smallest DCT scale still >= 1024), never the 3000 px image.
     assert budget.requests == [1500 * 1500]
     assert decoded.image.size == (1024, 1024) and decoded.image.mode == "RGB"
@@ -104,7 +104,7 @@ def test_jpeg_decodes_at_a_reduced_dct_scale(big: Image.Image) -> None:
 @pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
 def test_png_and_webp_decode_once_then_shrink(big: Image.Image, fmt: str) -> None:
     budget = RecordingBudget()
-    decoded = decode_upload_scaled(encode(big, fmt), max_side=1024, budget=budget, **LIMITS)
+    decoded = decode_upload(encode(big, fmt), max_side=1024, budget=budget, **LIMITS)
     # No reduced decode for these formats: the full size is what the budget had to cover.
     assert budget.requests == [SIDE * SIDE]
     assert max(decoded.image.size) <= 1024 and decoded.image.mode == "RGB"
@@ -115,15 +115,15 @@ def test_png_and_webp_decode_once_then_shrink(big: Image.Image, fmt: str) -> Non
 def test_without_max_side_or_when_small_the_image_is_whole() -> None:
     photo = astronaut()
     for max_side in (None, 1024):
-        decoded = decode_upload_scaled(encode(photo, "JPEG", quality=95), max_side=max_side, **LIMITS)
+        decoded = decode_upload(encode(photo, "JPEG", quality=95), max_side=max_side, **LIMITS)
         assert decoded.image.size == (512, 512) and decoded.scale == (1.0, 1.0)
-    assert decode_upload(encode(photo), **LIMITS).size == (512, 512)
+    assert decode_upload(encode(photo), **LIMITS).image.size == (512, 512)
 
 
 def test_exif_orientation_is_applied_and_the_original_size_is_upright() -> None:
     # 3000x2000 upright, stored as 2000x3000 with Orientation=6, as a phone writes it.
     upright = astronaut().resize((3000, 2000))
-    decoded = decode_upload_scaled(exif_rotated_jpeg(upright), max_side=1024, **LIMITS)
+    decoded = decode_upload(exif_rotated_jpeg(upright), max_side=1024, **LIMITS)
     assert decoded.original_size == (3000, 2000)
     assert decoded.image.size == fit_within((3000, 2000), 1024) == (1024, 683)
     assert mean_abs_diff(decoded.image, upright) < 8
@@ -132,12 +132,12 @@ def test_exif_orientation_is_applied_and_the_original_size_is_upright() -> None:
 def test_transparency_and_palette_uploads_are_flattened_after_shrinking() -> None:
     rgba = Image.new("RGBA", (2400, 1200), (0, 0, 0, 0))
     rgba.paste((255, 0, 0, 255), (0, 0, 1200, 1200))
-    decoded = decode_upload_scaled(encode(rgba), max_side=600, **LIMITS)
+    decoded = decode_upload(encode(rgba), max_side=600, **LIMITS)
     assert decoded.image.size == (600, 300) and decoded.image.mode == "RGB"
     assert decoded.image.getpixel((100, 150)) == (255, 0, 0)
     assert decoded.image.getpixel((500, 150)) == (255, 255, 255)  # transparent -> white
     palette = astronaut().resize((2048, 2048)).convert("P")
-    decoded = decode_upload_scaled(encode(palette), max_side=512, **LIMITS)
+    decoded = decode_upload(encode(palette), max_side=512, **LIMITS)
     assert decoded.image.size == (512, 512) and decoded.image.mode == "RGB"
 
 
@@ -145,7 +145,7 @@ def test_a_decode_that_cannot_get_budget_is_busy_not_corrupt(big: Image.Image) -
     budget = PixelBudget(1_000_000, timeout_s=0.05, trim_after_px=None)
     upload = encode(big, "JPEG")
     with budget.reserve(1_000_000), pytest.raises(DecodeBusy) as caught:
-        decode_upload_scaled(upload, max_side=1024, budget=budget, **LIMITS)
+        decode_upload(upload, max_side=1024, budget=budget, **LIMITS)
     assert caught.value.status_code == 429 and caught.value.headers()["Retry-After"]
     # Once the budget is free the same upload decodes: it is larger than the whole budget, so it runs alone.
-    assert decode_upload_scaled(upload, max_side=1024, budget=budget, **LIMITS).image.size == (1024, 1024)
+    assert decode_upload(upload, max_side=1024, budget=budget, **LIMITS).image.size == (1024, 1024)
