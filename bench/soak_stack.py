@@ -121,27 +121,21 @@ def image_env(models: dict[str, Path], cfg: StackConfig) -> dict[str, str]:
 
 
 def interface_env(procs: dict[str, ServiceProcess], cfg: StackConfig) -> dict[str, str]:
-    return {
-        "INTERFACE_INTERNAL_TOKEN": TOKEN,
-        "INTERFACE_API_KEYS": API_KEY,
-        "INTERFACE_LLM_URLS": procs["llm"].url,
-        "INTERFACE_SELFIE_FEATURE_WORKER_URLS": procs["selfie"].url,
-        "INTERFACE_PROFILE_WORKER_URLS": procs["profile"].url,
-        "INTERFACE_CHAT1TO1_WORKER_URLS": procs["chat1to1"].url,
-        "INTERFACE_SHORTS_WORKER_URLS": procs["shorts"].url,
-        "INTERFACE_SCENES_WORKER_URLS": procs["scenes"].url,
-        "INTERFACE_TEXT2IMG_WORKER_URLS": ",".join(procs[name].url for name in TEXT2IMG),
-        "INTERFACE_QUEUE_SLA_MS": str(cfg.sla_ms),
-        "INTERFACE_QUEUE_CAPACITY": str(cfg.queue_capacity),
-        "INTERFACE_PER_WORKER_CONCURRENCY": str(cfg.per_worker_concurrency),
-        "INTERFACE_LLM_CONCURRENCY": str(cfg.llm_concurrency),
-        **stack_env.INTERFACE_GUARD,
-        "INTERFACE_SELFIE_CONCURRENCY": str(cfg.selfie_concurrency),
-        "INTERFACE_HEALTH_INTERVAL_S": str(cfg.health_interval_s),
-        "INTERFACE_EJECT_COOLDOWN_S": str(cfg.eject_cooldown_s),
-        "INTERFACE_LOG_LEVEL": cfg.log_level,
+    return stack_env.interface_env(
+        {name: proc.url for name, proc in procs.items()},
+        TOKEN,
+        INTERFACE_API_KEYS=API_KEY,
+        INTERFACE_TEXT2IMG_WORKER_URLS=",".join(procs[name].url for name in TEXT2IMG),
+        INTERFACE_QUEUE_SLA_MS=str(cfg.sla_ms),
+        INTERFACE_QUEUE_CAPACITY=str(cfg.queue_capacity),
+        INTERFACE_PER_WORKER_CONCURRENCY=str(cfg.per_worker_concurrency),
+        INTERFACE_LLM_CONCURRENCY=str(cfg.llm_concurrency),
+        INTERFACE_SELFIE_CONCURRENCY=str(cfg.selfie_concurrency),
+        INTERFACE_HEALTH_INTERVAL_S=str(cfg.health_interval_s),
+        INTERFACE_EJECT_COOLDOWN_S=str(cfg.eject_cooldown_s),
+        INTERFACE_LOG_LEVEL=cfg.log_level,
         **cfg.extra_interface_env,
-    }
+    )
 
 
 class SoakStack:

@@ -48,6 +48,22 @@ def llm_env(models: dict[str, Path], token: str, **extra: str) -> dict[str, str]
 INTERFACE_GUARD = {"INTERFACE_GUARD": "observe"}
 
 
+def interface_env(urls: dict[str, str], token: str, **extra: str) -> dict[str, str]:
+    """The interface in front of the whole tiny stack: ``urls`` by service (llm, selfie, profile, chat1to1,
+    shorts, scenes); ``extra`` adds or overrides (keys, the text2img pool, queue knobs)."""
+    return {
+        "INTERFACE_INTERNAL_TOKEN": token,
+        "INTERFACE_LLM_URLS": urls["llm"],
+        "INTERFACE_SELFIE_FEATURE_WORKER_URLS": urls["selfie"],
+        "INTERFACE_PROFILE_WORKER_URLS": urls["profile"],
+        "INTERFACE_CHAT1TO1_WORKER_URLS": urls["chat1to1"],
+        "INTERFACE_SHORTS_WORKER_URLS": urls["shorts"],
+        "INTERFACE_SCENES_WORKER_URLS": urls["scenes"],
+        **INTERFACE_GUARD,
+        **extra,
+    }
+
+
 def selfie_env(models: dict[str, Path], token: str, scratch: Path, **extra: str) -> dict[str, str]:
     return {
         "SELFIE_VLM_MODEL": str(models["qwen_vl"]),

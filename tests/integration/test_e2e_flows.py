@@ -47,18 +47,12 @@ def stack(
         env = image_env(tiny_models["zimage"], IMAGE_INTERNAL_TOKEN=TOKEN)
         procs[role] = ServiceProcess(f"services.{role}_worker.main", env=env, wait_healthy=False)
     with all_running(procs.values()):
-        interface_env = {
-            "INTERFACE_INTERNAL_TOKEN": TOKEN,
-            "INTERFACE_API_KEYS": f"other-key,{API_KEY}",
-            "INTERFACE_LLM_URLS": procs["llm"].url,
-            "INTERFACE_SELFIE_FEATURE_WORKER_URLS": procs["selfie"].url,
-            "INTERFACE_PROFILE_WORKER_URLS": procs["profile"].url,
-            "INTERFACE_CHAT1TO1_WORKER_URLS": procs["chat1to1"].url,
-            "INTERFACE_SHORTS_WORKER_URLS": procs["shorts"].url,
-            "INTERFACE_SCENES_WORKER_URLS": procs["scenes"].url,
-            "INTERFACE_TEXT2IMG_WORKER_URLS": f"{procs['chat1to1'].url},{procs['scenes'].url}",
-            **stack_env.INTERFACE_GUARD,
-        }
+        interface_env = stack_env.interface_env(
+            {name: proc.url for name, proc in procs.items()},
+            TOKEN,
+            INTERFACE_API_KEYS=f"other-key,{API_KEY}",
+            INTERFACE_TEXT2IMG_WORKER_URLS=f"{procs['chat1to1'].url},{procs['scenes'].url}",
+        )
         with ServiceProcess("services.interface.main", env=interface_env) as api:
             procs["interface"] = api
             yield procs
