@@ -134,16 +134,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._unset_keepalive_if_required()
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserCallbackError as exc:
+        except httptools.HttpParserError as exc:
+            # Our own callback's _HeadersTooLarge arrives wrapped in HttpParserCallbackError.
             if isinstance(exc.__context__, _HeadersTooLarge):
                 self._refuse(HEADERS_431, "header_size")
             else:
                 self.logger.warning("Invalid HTTP request received.")
                 self.send_400_response("Invalid HTTP request received.")
-            return
-        except httptools.HttpParserError:
-            self.logger.warning("Invalid HTTP request received.")
-            self.send_400_response("Invalid HTTP request received.")
             return
         except httptools.HttpParserUpgrade:
             if self._should_upgrade():
@@ -232,12 +229,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 self._arm(self._header_deadline)
         elif self._phase is Phase.BODY:
             if self.flow.read_paused:
-                # The app is not reading (its buffer is full): the client is not the slow one. Its clock
-                # restarts when reading resumes.
+                # The app is not reading (its buffer is full): the client is not the slow one. Its idle clock
+                # restarts when reading resumes; until then look again one idle period later (re-arming at a
+                # total deadline already past would spin the loop).
                 self._last_body_data = now
+                self._arm(now + self.limits.body_idle_timeout_s)
+                return
             idle_deadline = self._last_body_data + self.limits.body_idle_timeout_s
             total_deadline = self._body_started + self.limits.body_timeout_s
-            if now >= total_deadline and not self.flow.read_paused:
+            if now >= total_deadline:
                 self._refuse(TIMEOUT_408, "body_timeout")
             elif now >= idle_deadline:
                 self._refuse(TIMEOUT_408, "body_idle_timeout")
