@@ -128,7 +128,12 @@ class Guard:
 
     def _failed(self, text: str, stage: str, reason: str, exc: Exception | None) -> PolicyDecision:
         self._failures.labels(reason).inc()
-        log.warning("guard check failed", extra={"stage": stage, "reason": reason, "mode": self.mode})
+        # With the cause (timeout, refused connection, a body out of shape) for whoever reads the log.
+        log.warning(
+            "guard check failed",
+            extra={"stage": stage, "reason": reason, "mode": self.mode},
+            exc_info=exc,
+        )
         if self.mode == "observe":
             return passed(text)
         raise SafetyUnavailable(
