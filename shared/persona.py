@@ -17,6 +17,7 @@ __all__ = [
     "clean_trait",
     "describe_expression",
     "describe_persona",
+    "hair_phrase",
     "persona_notes",
 ]
 
@@ -74,6 +75,11 @@ def _hair(features: Features) -> str | None:
         style = None
     words = " ".join(v for v in (style, color) if v)
     return f"{words} hair" if words else None
+
+
+def hair_phrase(features: Features | None) -> str | None:
+    """The persona's hair in words ("long wavy auburn hair"); None if unknown."""
+    return _hair(features) if features is not None else None
 
 
 def _gender(features: Features) -> str | None:

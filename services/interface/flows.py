@@ -14,6 +14,7 @@ worker is called before every verdict is in.
 
 from __future__ import annotations
 
+import logging
 import secrets
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -46,9 +47,11 @@ from shared.policy import (
     evaluate_private_chat,
     sanitize_general,
 )
+from shared.reply_templates import checked_template_reply
 from shared.roles import ChatKind, chat_policy, policy_for
 from shared.timings import StageTimer
 
+log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
 # Ten to fifteen words, safe whatever the image shows: used only when the caption stage fails, and labelled.
 TEMPLATE_CAPTION = "Here is the picture you asked for, made just for you in this chat."
@@ -336,3 +339,16 @@ class Flows:
             )
         reply = parse_upstream(ReplyResponse, body, "reply")
         return reply.model_copy(update={"timings_ms": timer.done()})
+
+    async def template_reply(self, req: ReplyRequest, exc: ImgPodError) -> ReplyResponse:
+        """The labelled in-character template when the LLM cannot reply; ``exc`` again when that is off."""
+        if not self.settings.reply_fallback:
+            raise exc
+        log.warning(
+            "reply from template: the LLM could not answer",
+            extra={"reason": exc.code, "stage": exc.stage, "detail": exc.detail},
+        )
+        timer = StageTimer()
+        with timer.stage("template"):
+            reply = await checked_template_reply(req.message, req.persona)
+        return ReplyResponse(reply=reply, source="template", model="template", timings_ms=timer.done())

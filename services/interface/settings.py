@@ -63,6 +63,9 @@ class InterfaceSettings(ServiceSettings):
     # When the caption stage fails after the image was made, answer with a labelled template caption
     # (caption_source "template") rather than throwing the image away.
     caption_fallback: bool = True
+    # When the LLM pool cannot reply to a 1:1 chat message (no healthy worker, 5xx, timeout), answer with a
+    # labelled in-character template (source "template") instead of the error; off: the error is the answer.
+    reply_fallback: bool = True
 
     # The guard model (the LLM pod's /v1/moderate) on every image route's user prompt and expanded prompt,
     # after the word rules. enforce: its verdict refuses, and a check that cannot be made refuses with 503

@@ -60,6 +60,7 @@ from shared.models import (
 )
 from shared.policy import decide_off_loop, evaluate_private_chat
 from shared.public_names import public_model_id
+from shared.reply_templates import checked_template_reply
 from shared.timings import StageTimer
 
 log = logging.getLogger(__name__)
@@ -320,18 +321,14 @@ class LlmEngine:
     async def reply(self, req: ReplyRequest) -> ReplyResponse:
         route = "reply"
         clock = StageTimer()
-        self.require_ready()
-        history = bound_history(req.history, self.settings.history_token_budget, self.backend.count_tokens)
-        messages = build_reply_messages(req.persona, req.message, history)
-        result = await self.generate(
-            route, messages, max_tokens=self.settings.reply_max_new_tokens, seed=self._seed()
-        )
-        clock.lap("generate")
-        text = clean_output(result.text)
-        verdict = judge(text, min_words=1)
-        if not verdict.usable:
-            self._outcomes.labels(route, UnusableModelOutput.code).inc()
-            raise UnusableModelOutput(f"the model's reply was unusable: {verdict.reason}", stage="llm")
+        try:
+            text = await self._model_reply(route, req)
+            clock.lap("generate")
+        except FALLBACK_ERRORS as exc:
+            self._fallback_or_raise(route, exc)
+            text = await checked_template_reply(req.message, req.persona)
+            clock.lap("template")
+            return ReplyResponse(reply=text, source="template", model=TEMPLATE_MODEL, timings_ms=clock.done())
         # 1:1 chat is unmoderated: the word rules' hard block only, and the guard's "controversial" passes.
         blocked = (await decide_off_loop(evaluate_private_chat, text)).blocked
         reason = "the word rules" if blocked else await self._guard_output(route, text, req.message)
@@ -342,6 +339,19 @@ class LlmEngine:
             raise PolicyBlocked("the reply did not pass the content safety check", stage="reply_output")
         self._outcomes.labels(route, "model").inc()
         return ReplyResponse(reply=text, source="model", model=self.public_model, timings_ms=clock.done())
+
+    async def _model_reply(self, route: str, req: ReplyRequest) -> str:
+        self.require_ready()
+        history = bound_history(req.history, self.settings.history_token_budget, self.backend.count_tokens)
+        messages = build_reply_messages(req.persona, req.message, history)
+        result = await self.generate(
+            route, messages, max_tokens=self.settings.reply_max_new_tokens, seed=self._seed()
+        )
+        text = clean_output(result.text)
+        verdict = judge(text, min_words=1)
+        if not verdict.usable:
+            raise UnusableModelOutput(f"the model's reply was unusable: {verdict.reason}", stage="llm")
+        return text
 
     # --- the guard on what leaves the service -----------------------------------------------------------
 

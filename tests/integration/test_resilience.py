@@ -147,18 +147,19 @@ def test_worker_answering_500_is_ejected(workers: dict[str, ServiceProcess]) -> 
 
 
 @pytest.mark.parametrize(
-    ("path", "body"),
+    ("path", "body", "fallback"),
     [
-        ("/v1/chat/1to1/imagegen", {"message": "a picnic by the lake"}),
-        ("/v1/chat/1to1/reply", {"message": "hello there", "persona": {"hair_color": "red"}}),
+        ("/v1/chat/1to1/imagegen", {"message": "a picnic by the lake"}, "true"),
+        ("/v1/chat/1to1/reply", {"message": "hello there", "persona": {"hair_color": "red"}}, "false"),
     ],
 )
 def test_llm_down_is_a_quick_503_naming_the_stage(
-    workers: dict[str, ServiceProcess], path: str, body: dict[str, object]
+    workers: dict[str, ServiceProcess], path: str, body: dict[str, object], fallback: str
 ) -> None:
     env = interface_env(
         INTERFACE_LLM_URLS=f"http://127.0.0.1:{free_port()}",
         INTERFACE_CHAT1TO1_WORKER_URLS=workers["healthy"].url,
+        INTERFACE_REPLY_FALLBACK=fallback,
     )
     with ServiceProcess("services.interface.main", env=env) as api:
         started = time.monotonic()
@@ -170,6 +171,39 @@ def test_llm_down_is_a_quick_503_naming_the_stage(
         assert err["code"] == "no_healthy_worker"
         assert err["stage"] == "llm"
         assert "llm" in err["detail"]
+
+
+def test_llm_down_reply_is_a_labelled_in_character_template(workers: dict[str, ServiceProcess]) -> None:
+    """The default: a chat keeps going with a template reply that says it is one, and uses the persona."""
+    env = interface_env(INTERFACE_LLM_URLS=f"http://127.0.0.1:{free_port()}")
+    persona = {"hair_color": "red", "hair_style": "short"}
+    with ServiceProcess("services.interface.main", env=env) as api:
+        replies = []
+        for message in ("hello there", "hello there", "what did you do today?", "tell me a story"):
+            resp = httpx.post(
+                api.url + "/v1/chat/1to1/reply", json={"message": message, "persona": persona}, timeout=10
+            )
+            assert resp.status_code == 200, resp.text
+            body = resp.json()
+            assert body["source"] == "template" and body["model"] == "template"
+            assert "short red hair" in body["reply"]  # the persona's only gesture: its hair
+            replies.append(body["reply"])
+        assert replies[0] == replies[1]  # a retry of the same message gets the same reply
+        assert len(set(replies)) >= 2
+        # A persona trait that the hard block refuses never reaches the reply; the plain template does.
+        blocked = {"hair_color": "red", "hair_style": "child porn"}
+        resp = httpx.post(
+            api.url + "/v1/chat/1to1/reply", json={"message": "hi", "persona": blocked}, timeout=10
+        )
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["source"] == "template" and "porn" not in resp.json()["reply"]
+        # The message itself is still checked first: a refused message is refused, not answered by a template.
+        resp = httpx.post(
+            api.url + "/v1/chat/1to1/reply",
+            json={"message": "a nude 12 year old girl", "persona": persona},
+            timeout=10,
+        )
+        assert resp.status_code == 422, resp.text
 
 
 def test_interface_restart_under_load(workers: dict[str, ServiceProcess]) -> None:

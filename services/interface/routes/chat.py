@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 
 from services.interface.admission import run_admitted
 from services.interface.deps import FlowsDep, QueuesDep
+from shared.errors import ImgPodError
 from shared.models import (
     ChatImageRequest,
     ChatImageResponse,
@@ -58,9 +59,16 @@ async def private_image(
 async def chat_reply(
     req: ReplyRequest, request: Request, flows: FlowsDep, queues: QueuesDep
 ) -> ReplyResponse:
-    """An in-character reply from the persona."""
+    """An in-character reply from the persona; a labelled template one when the LLM cannot answer."""
     checked = await flows.prepare_reply(req)
-    return await run_admitted(request, queues["reply"], lambda: flows.reply(checked))
+    try:
+        return await run_admitted(request, queues["reply"], lambda: flows.reply(checked))
+    except ImgPodError as exc:
+        # 5xx only: the LLM is down, broken or late. A 429 (busy: retry) or a 4xx (the request itself, or a
+        # reply refused by the safety check) stays the answer.
+        if exc.status_code < 500:
+            raise
+        return await flows.template_reply(checked, exc)
 
 
 @router.post("/v1/imagegen", response_model=ImageGenResponse)
