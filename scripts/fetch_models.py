@@ -1,15 +1,22 @@
 """Fetch a service's model weights into the local cache when they are missing (``deploy_service.sh``).
 
 ``python -m scripts.fetch_models NAME``. A model id that is a local folder or file is used as it is; a hub id
-is downloaded once with ``huggingface_hub.snapshot_download`` (resumable; later runs find it cached).
+is downloaded once with ``huggingface_hub.snapshot_download`` (resumable; later runs find it cached). The
+selfie worker's YOLOv8-face weights come from ``SELFIE_DETECTOR_WEIGHTS_URL`` and are installed only when
+their sha256 is ``SELFIE_DETECTOR_WEIGHTS_SHA256`` (``scripts/verified_download.py``).
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from scripts.verified_download import VerifiedDownloadError, install_verified
+
+if TYPE_CHECKING:
+    from services.selfie_feature_worker.settings import SelfieSettings
 
 
 def _is_local(model_id: str) -> bool:
@@ -29,17 +36,37 @@ def fetch_hub_model(model_id: str) -> None:
     print(f"{model_id} ready at {path}")
 
 
-def fetch_detector(weights: str, url: str | None) -> None:
-    if weights in ("", "nudenet") or Path(weights).exists():
-        print(f"detector weights: {weights or 'nudenet'}")
+def fetch_detector(settings: SelfieSettings) -> None:
+    """Install the YOLOv8-face weights the worker reads, verified against their pinned sha256."""
+    from services.selfie_feature_worker.settings import NUDENET_WEIGHTS
+
+    if settings.detector_backend == "haar":
+        print("detector: haar (OpenCV's bundled cascade, nothing to fetch)")
         return
-    if not url:
-        raise SystemExit(f"detector weights {weights} are missing and SELFIE_DETECTOR_WEIGHTS_URL is not set")
-    Path(weights).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(weights + ".part")
-    print(f"downloading detector weights to {weights}")
-    urllib.request.urlretrieve(url, tmp)
-    tmp.rename(weights)
+    if settings.detector_weights == NUDENET_WEIGHTS:
+        print("detector weights: nudenet (bundled with the nudenet package, nothing to fetch)")
+        return
+    target = Path(settings.detector_weights).expanduser()
+    if not settings.detector_weights_url and not target.is_file():
+        # An env file from before the weights had a source sets the URL empty.
+        raise SystemExit(
+            f"detector weights {target} are missing and SELFIE_DETECTOR_WEIGHTS_URL is empty: set it and "
+            "SELFIE_DETECTOR_WEIGHTS_SHA256 as deploy.env.example does, or copy the file there"
+        )
+    try:
+        outcome = install_verified(
+            settings.detector_weights_url,
+            target,
+            settings.detector_weights_sha256,
+            pin_setting="SELFIE_DETECTOR_WEIGHTS_SHA256",
+        )
+    except VerifiedDownloadError as exc:
+        # SystemExit with a message: exit status 1, the message on stderr, and deploy_service.sh stops.
+        raise SystemExit(
+            f"detector weights not installed: {exc}. (To run on nudenet's detector on purpose instead, set "
+            'SELFIE_DETECTOR_WEIGHTS=nudenet; DEPLOYMENT.md, "Face detector weights".)'
+        ) from None
+    print(f"detector weights {outcome}: {target} (sha256 {settings.detector_weights_sha256})")
 
 
 def main(name: str) -> int:
@@ -56,7 +83,7 @@ def main(name: str) -> int:
         from services.selfie_feature_worker.settings import SelfieSettings
 
         selfie = SelfieSettings()
-        fetch_detector(selfie.detector_weights, os.environ.get("SELFIE_DETECTOR_WEIGHTS_URL"))
+        fetch_detector(selfie)
         fetch_hub_model(selfie.vlm_model)
     elif name in ("profile", "chat1to1", "shorts", "scenes"):
         from services.image_worker.settings import ImageSettings

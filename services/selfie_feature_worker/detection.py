@@ -1,7 +1,16 @@
 """Face detection behind one interface, with an ultralytics YOLO backend and an OpenCV Haar backend.
 
-``yolo`` is the production path (a YOLOv8-face ``.pt``); locally it runs nudenet's bundled YOLOv8 ONNX
-export, whose classes include ``FACE_FEMALE``/``FACE_MALE``. ``haar`` is OpenCV 4's frontal-face cascade.
+``yolo`` is the production path: the YOLOv8-face ``.pt`` fetched at deploy time. Where those weights are
+missing or do not load, nudenet's bundled YOLOv8 ONNX export (classes include ``FACE_FEMALE``/``FACE_MALE``)
+stands in, when ``detector_fallback`` allows it: with a start-up warning, and named in every response and on
+/healthz, never silently. ``haar`` is OpenCV 4's frontal-face cascade.
+
+The detector's ``name`` is what responses (``face.detector``) and /healthz (``detector``) show:
+
+- ``yolov8-face``: the configured YOLOv8-face weights;
+- ``nudenet``: nudenet's detector, chosen with ``detector_weights="nudenet"``;
+- ``nudenet-fallback``: nudenet's detector, because the configured weights could not be used;
+- ``haar``: OpenCV's cascade.
 """
 
 from __future__ import annotations
@@ -14,10 +23,19 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from services.selfie_feature_worker.settings import NUDENET_WEIGHTS, SelfieSettings
+from services.selfie_feature_worker.settings import NUDENET_FACE_CLASSES, NUDENET_WEIGHTS, SelfieSettings
 from shared.ultralytics_env import import_yolo
 
 log = logging.getLogger(__name__)
+
+YOLOV8_FACE = "yolov8-face"
+NUDENET = "nudenet"
+NUDENET_FALLBACK = "nudenet-fallback"
+HAAR = "haar"
+
+
+class DetectorUnavailable(RuntimeError):
+    """The configured face detector cannot be used and the nudenet fallback is off."""
 
 
 @dataclass(frozen=True)
@@ -45,8 +63,8 @@ class FaceDetector(Protocol):
 
 
 def resolve_weights(setting: str) -> Path:
-    """``""``/``"nudenet"`` -> the installed nudenet package's ``320n.onnx``; anything else is a path."""
-    if setting.strip() in ("", NUDENET_WEIGHTS):
+    """``"nudenet"`` -> the installed nudenet package's ``320n.onnx``; anything else is a path."""
+    if setting.strip() == NUDENET_WEIGHTS:
         import importlib.util
 
         spec = importlib.util.find_spec("nudenet")
@@ -56,7 +74,7 @@ def resolve_weights(setting: str) -> Path:
     else:
         path = Path(setting).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"detector weights not found: {path.name}")
+        raise FileNotFoundError(f"detector weights not found: {path}")
     return path
 
 
@@ -69,12 +87,11 @@ def _clip_box(x1: float, y1: float, x2: float, y2: float, width: int, height: in
 class YoloFaceDetector:
     """ultralytics ``YOLO(path, task="detect")``; keeps the face classes only."""
 
-    name = "yolo"
-
     def __init__(
         self,
         weights: Path,
         *,
+        name: str,
         face_classes: list[str],
         confidence: float,
         imgsz: int,
@@ -82,6 +99,7 @@ class YoloFaceDetector:
     ) -> None:
         # Offline, no auto-install, and PIL's Image.open left alone (see shared.ultralytics_env).
         yolo = import_yolo(config_dir)
+        self.name = name
         self.weights = weights.name
         self.model = yolo(str(weights), task="detect")
         self.confidence = confidence
@@ -131,7 +149,7 @@ class YoloFaceDetector:
 class HaarFaceDetector:
     """OpenCV 4's frontal-face Haar cascade: no confidence score, so a neighbour count stands in for it."""
 
-    name = "haar"
+    name = HAAR
     weights = "haarcascade_frontalface_default.xml"
 
     def __init__(self, *, min_neighbors: int = 5) -> None:
@@ -179,16 +197,65 @@ class HaarFaceDetector:
 NUDENET_IMGSZ = 320
 
 
-def build_detector(settings: SelfieSettings) -> FaceDetector:
-    if settings.detector_backend == "haar":
-        return HaarFaceDetector()
-    imgsz = settings.detector_imgsz
-    if not imgsz and settings.detector_weights.strip() in ("", NUDENET_WEIGHTS):
-        imgsz = NUDENET_IMGSZ
+def _nudenet(settings: SelfieSettings, *, name: str, face_classes: list[str], imgsz: int) -> YoloFaceDetector:
     return YoloFaceDetector(
-        resolve_weights(settings.detector_weights),
-        face_classes=list(settings.face_classes),
+        resolve_weights(NUDENET_WEIGHTS),
+        name=name,
+        face_classes=face_classes,
         confidence=settings.detector_confidence,
         imgsz=imgsz,
         config_dir=settings.yolo_config_dir,
+    )
+
+
+def _yolov8_face(settings: SelfieSettings) -> YoloFaceDetector:
+    # A face-only model has one class: keep every class unless the operator named some.
+    classes = settings.face_classes if settings.face_classes is not None else []
+    return YoloFaceDetector(
+        resolve_weights(settings.detector_weights),
+        name=YOLOV8_FACE,
+        face_classes=list(classes),
+        confidence=settings.detector_confidence,
+        imgsz=settings.detector_imgsz,
+        config_dir=settings.yolo_config_dir,
+    )
+
+
+def build_detector(settings: SelfieSettings) -> FaceDetector:
+    """The configured detector, or nudenet's as a named, logged fallback (the module docstring)."""
+    if settings.detector_backend == "haar":
+        return HaarFaceDetector()
+    if settings.detector_weights == NUDENET_WEIGHTS:
+        # nudenet's other classes are body parts: an empty list would count them as faces.
+        classes = settings.face_classes or NUDENET_FACE_CLASSES
+        log.info("face detector: nudenet, as configured (the specified detector is YOLOv8-face)")
+        return _nudenet(
+            settings, name=NUDENET, face_classes=list(classes), imgsz=settings.detector_imgsz or NUDENET_IMGSZ
+        )
+    try:
+        return _yolov8_face(settings)
+    except Exception as exc:
+        missing = isinstance(exc, FileNotFoundError)
+        reason = "weights not found" if missing else f"weights failed to load ({type(exc).__name__})"
+        if not settings.detector_fallback:
+            raise DetectorUnavailable(
+                f"YOLOv8-face detector unavailable: {reason} at {settings.detector_weights}, and "
+                "SELFIE_DETECTOR_FALLBACK is off"
+            ) from exc
+        # Logged once, at start-up; the log is private, so it names the path. A load failure keeps its
+        # traceback; a missing file needs none.
+        log.warning(
+            "YOLOv8-face detector unavailable (%s): falling back to nudenet's detector, named %r in every "
+            'response; run the deploy fetch step (DEPLOYMENT.md, "Face detector weights")',
+            reason,
+            NUDENET_FALLBACK,
+            extra={"detector": NUDENET_FALLBACK, "weights": settings.detector_weights, "reason": reason},
+            exc_info=None if missing else exc,
+        )
+    # The operator's face_classes were meant for the YOLOv8-face model: nudenet needs its own.
+    return _nudenet(
+        settings,
+        name=NUDENET_FALLBACK,
+        face_classes=list(NUDENET_FACE_CLASSES),
+        imgsz=settings.detector_imgsz or NUDENET_IMGSZ,
     )

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import ServiceSettings, StrList
@@ -15,10 +16,21 @@ DetectorBackend = Literal["yolo", "haar"]
 Device = Literal["auto", "cpu", "cuda"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 
-# nudenet's bundled detector: a YOLOv8 ONNX export whose classes include faces. It is the pretrained
-# detector this machine has offline; production points ``detector_weights`` at a YOLOv8-face ``.pt``.
+# The specified detector: lindevs' YOLOv8n-Face, release 1.0.1 (the 2024-11-01 re-save). The URL names the
+# release, not "latest", so the pinned sha256 (published in that repository's README) keeps matching.
+# DEPLOYMENT.md, "Face detector weights", has the source, the licence and how to pin other weights.
+YOLOV8_FACE_URL = "https://github.com/lindevs/yolov8-face/releases/download/1.0.1/yolov8n-face-lindevs.pt"
+YOLOV8_FACE_SHA256 = "b038ca653b503453a94f6e12d76feca6840b2a97d7a1322b4498c5e922f29832"
+# /workspace is a RunPod pod's persistent volume: the weights survive a pod restart.
+DEFAULT_DETECTOR_WEIGHTS = "/workspace/models/yolov8n-face-lindevs.pt"
+
+# nudenet's bundled detector: a YOLOv8 ONNX export whose classes include faces. Chosen with
+# ``detector_weights="nudenet"``, or the fallback when the YOLOv8-face weights are missing or do not load.
 NUDENET_WEIGHTS = "nudenet"
 NUDENET_FACE_CLASSES = ["FACE_FEMALE", "FACE_MALE"]
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_URL_SCHEMES = ("https://", "http://", "file://")
 
 
 class SelfieSettings(ServiceSettings):
@@ -30,10 +42,20 @@ class SelfieSettings(ServiceSettings):
 
     # --- face detection ---
     detector_backend: DetectorBackend = "yolo"
-    # Path to a YOLO .pt/.onnx; empty or "nudenet" means nudenet's bundled 320n.onnx.
-    detector_weights: str = NUDENET_WEIGHTS
-    # Classes kept as faces; empty keeps every class (a face-only model). For nudenet: its two face classes.
-    face_classes: StrList = Field(default_factory=lambda: list(NUDENET_FACE_CLASSES))
+    # The YOLOv8-face .pt the worker loads, fetched there at deploy time (scripts/fetch_models.py); "nudenet"
+    # picks nudenet's bundled 320n.onnx instead. Empty means the default.
+    detector_weights: str = DEFAULT_DETECTOR_WEIGHTS
+    # Where the deploy step downloads detector_weights from when the file is missing (https, http or file).
+    detector_weights_url: str = YOLOV8_FACE_URL
+    # The sha256 the weights must have: checked at deploy time before they are installed (a .pt is a pickle,
+    # so unverified weights are code). Empty: nothing is installed; the fetch prints the hash to pin.
+    detector_weights_sha256: str = YOLOV8_FACE_SHA256
+    # When the weights are missing or fail to load, run nudenet's detector (named "nudenet-fallback" in every
+    # response and /healthz, with a start-up warning) instead of failing to start.
+    detector_fallback: bool = True
+    # Classes kept as faces; empty keeps every class. Unset: every class for the YOLOv8-face model (it has
+    # one), nudenet's two face classes for nudenet. The fallback always uses nudenet's face classes.
+    face_classes: StrList | None = None
     detector_confidence: float = Field(0.35, ge=0.0, le=1.0)
     # Inference size; 0 lets the model decide (an ONNX export has a fixed one: nudenet's is 320).
     detector_imgsz: int = Field(0, ge=0, le=4096)
@@ -73,3 +95,26 @@ class SelfieSettings(ServiceSettings):
     # After a large decode, once none is running, hand freed memory back to the OS (glibc's malloc_trim; a
     # no-op elsewhere). Without it RSS stays near the burst's peak, which is what an OOM killer reads.
     decode_trim_heap: bool = True
+
+    @field_validator("detector_weights", mode="before")
+    @classmethod
+    def _default_weights_when_empty(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return DEFAULT_DETECTOR_WEIGHTS
+        return value.strip() if isinstance(value, str) else value
+
+    @field_validator("detector_weights_url")
+    @classmethod
+    def _known_url_scheme(cls, value: str) -> str:
+        value = value.strip()
+        if value and not value.startswith(_URL_SCHEMES):
+            raise ValueError(f"detector_weights_url must start with one of {', '.join(_URL_SCHEMES)}")
+        return value
+
+    @field_validator("detector_weights_sha256")
+    @classmethod
+    def _hex_sha256(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value and not _SHA256.fullmatch(value):
+            raise ValueError("detector_weights_sha256 must be 64 hexadecimal digits, or empty")
+        return value

@@ -36,8 +36,16 @@ ANALYZE = "/v1/profile/analyze"
 TIMEOUT_S = 60.0
 
 
+FALLBACK_WARNING = "falling back to nudenet's detector"
+
+
 def worker_env(tiny_models: dict[str, Path], tmp_path: Path, **extra: str) -> dict[str, str]:
     return stack_env.selfie_env(tiny_models, TOKEN, tmp_path, **extra)
+
+
+def missing_weights(tmp_path: Path) -> str:
+    """A YOLOv8-face path the deploy step never filled: the pretrained faces come from nudenet's fallback."""
+    return str(tmp_path / "models" / "yolov8n-face-lindevs.pt")
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +53,8 @@ def worker(
     tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceProcess]:
     tmp = tmp_path_factory.mktemp("selfie")
-    with ServiceProcess(MODULE, env=worker_env(tiny_models, tmp), log_dir=tmp) as svc:
+    env = worker_env(tiny_models, tmp, SELFIE_DETECTOR_WEIGHTS=missing_weights(tmp))
+    with ServiceProcess(MODULE, env=env, log_dir=tmp) as svc:
         yield svc
 
 
@@ -79,7 +88,7 @@ def test_healthz_names_models(worker: ServiceProcess, tiny_models: dict[str, Pat
     resp = httpx.get(f"{worker.url}/healthz", timeout=5)
     body = resp.json()
     assert body["status"] == "ok"
-    assert body["detector"] == "yolo"
+    assert body["detector"] == "nudenet-fallback"
     assert body["detector_weights"] == "320n.onnx"
     # The tiny model's id is a local path: only its last component is public.
     assert body["model"] == tiny_models["qwen_vl"].name == "qwen2-vl-tiny"
@@ -103,9 +112,23 @@ def test_astronaut_face_found(astronaut_result: dict, tiny_models: dict[str, Pat
     signals = face["signals"]
     assert 0.1 < signals["face_size_ratio"] < 0.4
     assert all(signals[k] is not None for k in ("sharpness", "exposure_mean", "clipped_fraction"))
-    assert astronaut_result["model"] == {"detector": "yolo:320n.onnx", "vlm": "qwen2-vl-tiny"}
+    assert face["detector"] == "nudenet-fallback"
+    assert astronaut_result["model"] == {"detector": "nudenet-fallback:320n.onnx", "vlm": "qwen2-vl-tiny"}
     assert_no_paths(json.dumps(astronaut_result), tiny_models["qwen_vl"])
     assert set(astronaut_result["timings_ms"]) == {"decode", "detect", "quality", "vlm"}
+
+
+def test_fallback_is_warned_once_at_start_up(worker: ServiceProcess, astronaut_result: dict) -> None:
+    analyze(worker, encode(astronaut()))
+    warnings = [
+        json.loads(line)
+        for line in worker.logs().splitlines()
+        if FALLBACK_WARNING in line and line.startswith("{")
+    ]
+    assert len(warnings) == 1, warnings  # at start-up, not per request
+    [warning] = warnings
+    assert warning["level"] == "warning"
+    assert (warning["detector"], warning["reason"]) == ("nudenet-fallback", "weights not found")
 
 
 def test_random_vlm_answer_leaves_features_empty(worker: ServiceProcess, astronaut_result: dict) -> None:
@@ -216,17 +239,43 @@ def test_missing_file_field_is_422(worker: ServiceProcess) -> None:
 def test_random_yolov8n_pt_finds_nothing_without_crashing(
     tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """The production .pt path on a yolov8n.yaml model with no trained weights: no face, no error."""
+    """The production .pt path on a yolov8n.yaml model with no trained weights: no face, no error.
+
+    SELFIE_FACE_CLASSES is unset: every class is kept because the YOLOv8-face model is the one that loaded.
+    """
     tmp = tmp_path_factory.mktemp("selfie-pt")
-    env = worker_env(
-        tiny_models, tmp, SELFIE_DETECTOR_WEIGHTS=str(tiny_models["yolo_random"]), SELFIE_FACE_CLASSES=""
-    )
+    env = worker_env(tiny_models, tmp, SELFIE_DETECTOR_WEIGHTS=str(tiny_models["yolo_random"]))
     with ServiceProcess(MODULE, env=env, log_dir=tmp) as svc:
         health = httpx.get(f"{svc.url}/healthz", timeout=5).json()
-        assert health["detector_weights"] == "yolov8n-random.pt"
+        assert (health["detector"], health["detector_weights"]) == ("yolov8-face", "yolov8n-random.pt")
         resp = analyze(svc, encode(astronaut()))
         assert resp.status_code == 200, resp.text
-        assert resp.json()["face"]["detected"] is False
+        body = resp.json()
+        assert body["face"]["detected"] is False
+        assert body["face"]["detector"] == "yolov8-face"
+        assert body["model"]["detector"] == "yolov8-face:yolov8n-random.pt"
+        assert FALLBACK_WARNING not in svc.logs()
+
+
+def test_missing_weights_without_fallback_fail_start_up_clearly(
+    tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    tmp = tmp_path_factory.mktemp("selfie-no-fallback")
+    env = worker_env(
+        tiny_models, tmp, SELFIE_DETECTOR_WEIGHTS=missing_weights(tmp), SELFIE_DETECTOR_FALLBACK="false"
+    )
+    with ServiceProcess(MODULE, env=env, log_dir=tmp, expect_status=503) as svc:
+        deadline = time.monotonic() + 60
+        while (body := httpx.get(f"{svc.url}/healthz", timeout=5).json())["status"] == "loading":
+            assert time.monotonic() < deadline, "still loading"
+            time.sleep(0.2)
+        assert body["status"] == "error"
+        assert "DetectorUnavailable" in body["detail"] and str(tmp) not in body["detail"]
+        resp = analyze(svc, encode(astronaut()))
+        assert resp.status_code == 503
+        assert resp.json()["code"] == "model_unavailable"
+        logs = svc.logs()
+        assert "SELFIE_DETECTOR_FALLBACK is off" in logs and FALLBACK_WARNING not in logs
 
 
 def test_model_load_failure_keeps_process_up(
