@@ -79,7 +79,7 @@ def run(detector: FaceDetector) -> dict[str, object]:
 def main() -> None:
     detectors: dict[str, FaceDetector] = {
         f"yolo 320n.onnx imgsz={size}": build_detector(
-            SelfieSettings(detector_backend="yolo", detector_imgsz=size)
+            SelfieSettings(detector_backend="yolo", detector_weights="nudenet", detector_imgsz=size)
         )
         for size in (640, 320)
     }

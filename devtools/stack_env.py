@@ -67,6 +67,8 @@ def interface_env(urls: dict[str, str], token: str, **extra: str) -> dict[str, s
 def selfie_env(models: dict[str, Path], token: str, scratch: Path, **extra: str) -> dict[str, str]:
     return {
         "SELFIE_VLM_MODEL": str(models["qwen_vl"]),
+        # The pretrained detector this machine has offline, chosen on purpose: not a fallback, no warning.
+        "SELFIE_DETECTOR_WEIGHTS": "nudenet",
         "SELFIE_MAX_NEW_TOKENS": "32",
         "SELFIE_VLM_MAX_PIXELS": str(224 * 224),
         "SELFIE_INTERNAL_TOKEN": token,
