@@ -10,6 +10,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from shared.image_params import GuidanceScale, ImageCount, Steps
+from shared.styles import StyleName
+
 MAX_PROMPT_CHARS = 2000
 MAX_MESSAGE_CHARS = 2000
 MAX_HISTORY_TURNS = 50
@@ -82,7 +85,11 @@ class FaceMeta(OpenModel):
     face_count: int = 0
     quality_score: float = Field(ge=0.0, le=1.0)
     signals: QualitySignals = Field(default_factory=QualitySignals)
-    detector: str | None = None
+    detector: str | None = Field(
+        None,
+        description='The face detector used: "yolov8-face" (the specified one), "nudenet" (chosen by the '
+        'operator), "nudenet-fallback" (the YOLOv8-face weights were missing or did not load) or "haar".',
+    )
 
 
 class AnalyzeResponse(OpenModel):
@@ -96,32 +103,62 @@ class AnalyzeResponse(OpenModel):
 # --- image generation ------------------------------------------------------------------------------------
 
 
-class ImageGenRequest(StrictModel):
-    """Text to image as clients ask for it (the interface's /v1/imagegen and private imagegen)."""
+class ImageParams(StrictModel):
+    """The generation knobs of every text-to-image request; bounds and defaults: shared/image_params.py.
 
-    prompt: NonEmptyPrompt
+    ``n`` images come from one worker call, in one batched pipeline call, with seeds seed, seed+1, ...
+    ``negative_prompt`` only matters when ``guidance_scale`` is above 0 (Turbo's default is 0).
+    """
+
     negative_prompt: Annotated[str, Field(max_length=MAX_PROMPT_CHARS)] | None = None
     seed: Seed | None = None
     width: Side | None = None
     height: Side | None = None
-    steps: Annotated[int, Field(ge=1, le=50)] | None = None
+    steps: Steps | None = None
+    guidance_scale: GuidanceScale | None = None
+    n: ImageCount = 1
 
 
-class GenerateRequest(ImageGenRequest):
-    """What an image worker takes: the client's fields plus the knobs only the stack sets."""
+class ImageGenRequest(ImageParams):
+    """Text to image as clients ask for it (the interface's /v1/imagegen and private imagegen)."""
 
-    guidance_scale: Annotated[float, Field(ge=0.0, le=20.0)] | None = None
+    prompt: NonEmptyPrompt
+    # A preset of shared/styles.py: the interface appends its phrase to the prompt.
+    style: StyleName | None = None
+
+
+class GenerateRequest(ImageParams):
+    """What an image worker takes: the final prompt (styled and policy-checked) and the generation knobs."""
+
+    prompt: NonEmptyPrompt
     output_format: ImageFormat = "png"
 
 
-class GenerateResponse(OpenModel):
+class GeneratedImage(OpenModel):
+    """One image of a response, with the seed that makes it again alone (``n=1``)."""
+
     image_base64: str
+    seed: int
+
+
+# Every image response carries its first image as before (``image_base64`` and ``seed``) and the others, if
+# any, in ``more_images``: each image once. Repeating the first in a list of all would double every
+# single-image response (a 2 MB image: 1.4 ms of JSON encoding becomes 8 ms, on the event loop).
+
+
+class GenerateResponse(OpenModel):
+    # The first image; its seed is ``seed``.
+    image_base64: str
+    # Images 2..n of a request for n, seeds seed+1, ...; empty for one.
+    more_images: list[GeneratedImage] = Field(default_factory=list)
     format: ImageFormat
     seed: int
     width: int
     height: int
     steps: int
     guidance_scale: float
+    # The negative prompt the pipeline used: null when none was given or guidance is 0 (which ignores it).
+    negative_prompt: str | None = None
     prompt_used: str
     prompt_tokens: int
     prompt_truncated: bool
@@ -137,11 +174,14 @@ class ProfileGenerateRequest(StrictModel):
     """The profile worker builds its own prompt from features, so every client gets the same avatar style."""
 
     features: Features
+    # Free text that replaces the house style (the interface turns a preset name into its phrase).
     style: Annotated[str, Field(max_length=200)] | None = None
     seed: Seed | None = None
     width: Side | None = None
     height: Side | None = None
-    steps: Annotated[int, Field(ge=1, le=50)] | None = None
+    steps: Steps | None = None
+    guidance_scale: GuidanceScale | None = None
+    n: ImageCount = 1
     output_format: ImageFormat = "png"
 
 
@@ -160,6 +200,8 @@ class ExpandRequest(StrictModel):
     message: NonEmptyMessage
     history: History = Field(default_factory=list)
     persona: Features | None = None
+    # A preset from shared/styles.py: the expansion is told to render it, and its phrase ends the prompt.
+    style: StyleName | None = None
 
 
 class ExpandResponse(OpenModel):
@@ -169,6 +211,12 @@ class ExpandResponse(OpenModel):
     shortened_message: str | None = None
     # How a long message was shortened before expansion: by the model, or by deterministic keyword truncation.
     shortened_by: Literal["model", "truncation"] | None = None
+    # Tokens of ``prompt`` as the image model's text encoder reads it (its chat wrapper included), counted
+    # with the LLM's tokenizer; None when no tokenizer is loaded (a template answer while the model is down).
+    prompt_tokens: int | None = None
+    # The expansion was cut at a phrase boundary to fit the token budget, the prompt's character limit, or
+    # the generation cap: the prompt is shorter than what the model wrote.
+    trimmed: bool = False
     timings_ms: Timings = Field(default_factory=dict)
 
 
@@ -248,16 +296,29 @@ class ModerateResponse(OpenModel):
 # --- public interface ------------------------------------------------------------------------------------
 
 
-class ChatImageRequest(StrictModel):
+class ChatImageRequest(ImageParams):
     message: NonEmptyMessage
     history: History = Field(default_factory=list)
     persona: Features | None = None
-    seed: Seed | None = None
-    width: Side | None = None
-    height: Side | None = None
+    # A preset of shared/styles.py: the LLM expansion is asked to render it.
+    style: StyleName | None = None
 
 
-class ChatImageResponse(OpenModel):
+class ImageParamsUsed(OpenModel):
+    """How a public response's images were made: the values the image worker used, defaults filled in."""
+
+    # Images 2..n of a request for n (seeds seed+1, ...); the first is the response's image field and seed.
+    more_images: list[GeneratedImage] = Field(default_factory=list)
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    # Null when none was given, or when guidance 0 made the pipeline ignore it.
+    negative_prompt: str | None = None
+    style: StyleName | None = None
+
+
+class ChatImageResponse(ImageParamsUsed):
     image_base64: str
     caption: str
     prompt_used: str
@@ -270,19 +331,17 @@ class ChatImageResponse(OpenModel):
     timings_ms: Timings = Field(default_factory=dict)
 
 
-class ImageGenResponse(OpenModel):
+class ImageGenResponse(ImageParamsUsed):
     image_base64: str
     prompt_used: str
     prompt_tokens: int | None = None
     prompt_truncated: bool = False
     seed: int
-    width: int
-    height: int
     soft_blocked: bool = False
     timings_ms: Timings = Field(default_factory=dict)
 
 
-class ProfileCreateResponse(OpenModel):
+class ProfileCreateResponse(ImageParamsUsed):
     profile_image_base64: str
     features: Features
     # False when the VLM's answer could not be read: the features are then all null, not guessed.

@@ -1,8 +1,8 @@
 """The style presets a client may name on an image route (``style``), and the phrase each one adds.
 
-One list for every route: the LLM expansion is told to render the preset's phrase (1:1, shorts, scenes), and the
-routes without an LLM (private, general, profile) append it to the prompt. A closed list rather than free text:
-a style is a prompt fragment, so free text would be a second, unmoderated prompt field.
+One list for every route: the LLM expansion is told to render the preset's phrase (1:1, shorts, scenes),
+and the routes without an LLM (private, general, profile) append it to the prompt. A closed list rather
+than free text: a style is a prompt fragment, so free text would be a second, unmoderated prompt field.
 """
 
 from __future__ import annotations

@@ -2,6 +2,10 @@
 
 Why a list and not an asyncio.Queue: a runner that has taken a job looks for more *compatible* jobs (same
 size, steps, guidance) anywhere in the pending list and leaves the others in order for the next call.
+``max_batch`` bounds what one call holds in images (``ImageJob.cost``: a job of n images costs n, twice that
+with guidance), so GPU memory stays bounded however requests split their images. A job is never split
+across calls, and the first job of a call is always taken (the engine refuses jobs of more than
+``max_batch`` images; a guided one may fill twice that).
 Each device is driven by exactly one runner, so a pipeline never sees two calls at once, and several
 devices in one worker share the load without any routing logic.
 """
@@ -25,12 +29,18 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class ImageResult:
-    image: Image.Image
+    # The job's images, in the order of its seeds.
+    images: list[Image.Image]
     prompt_tokens: int
     device: str
+    # Images in the pipeline call this job was part of (its own and its neighbours').
     batch_size: int
     queue_ms: float
     inference_ms: float
+
+    @property
+    def image(self) -> Image.Image:
+        return self.images[0]
 
 
 @dataclass(slots=True)
@@ -102,13 +112,15 @@ class Batcher:
 
     def _take_compatible(self, batch: list[_Pending]) -> None:
         key = batch[0].job.batch_key()
+        cost = sum(p.job.cost for p in batch)
         keep: deque[_Pending] = deque()
         while self._pending:
             item = self._pending.popleft()
             if item.future.done():
                 continue
-            if len(batch) < self.max_batch and item.job.batch_key() == key:
+            if cost + item.job.cost <= self.max_batch and item.job.batch_key() == key:
                 batch.append(item)
+                cost += item.job.cost
             else:
                 keep.append(item)
         self._pending = keep
@@ -124,7 +136,7 @@ class Batcher:
             batch = [first]
             self._take_compatible(batch)
             deadline = loop.time() + self.batch_wait_s
-            while len(batch) < self.max_batch:
+            while sum(p.job.cost for p in batch) < self.max_batch:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
@@ -162,22 +174,23 @@ class Batcher:
                 await self._run_single(pipe, label, item)
             return
         elapsed = time.perf_counter() - started
-        self._observe(label, len(batch), elapsed)
-        for item, image, count in zip(batch, images, tokens, strict=True):
-            self._resolve(item, image, count, pipe.device, len(batch), started, elapsed)
+        n = sum(len(job_images) for job_images in images)
+        self._observe(label, n, elapsed)
+        for item, job_images, count in zip(batch, images, tokens, strict=True):
+            self._resolve(item, job_images, count, pipe.device, n, started, elapsed)
 
     async def _run_single(self, pipe: DevicePipeline, label: str, item: _Pending) -> None:
         if item.future.done():
             return
         started = time.perf_counter()
         try:
-            (image,), (count,) = await asyncio.to_thread(pipe.run, [item.job])
+            (images,), (count,) = await asyncio.to_thread(pipe.run, [item.job])
         except Exception as exc:
             self._fail(item, exc)
             return
         elapsed = time.perf_counter() - started
-        self._observe(label, 1, elapsed)
-        self._resolve(item, image, count, pipe.device, 1, started, elapsed)
+        self._observe(label, len(images), elapsed)
+        self._resolve(item, images, count, pipe.device, len(images), started, elapsed)
 
     def _observe(self, label: str, n: int, elapsed: float) -> None:
         self.m_batch.observe(n)
@@ -186,7 +199,7 @@ class Batcher:
     def _resolve(
         self,
         item: _Pending,
-        image: Image.Image,
+        images: list[Image.Image],
         tokens: int,
         device: str,
         n: int,
@@ -197,7 +210,7 @@ class Batcher:
             return
         item.future.set_result(
             ImageResult(
-                image=image,
+                images=images,
                 prompt_tokens=tokens,
                 device=device,
                 batch_size=n,

@@ -34,6 +34,8 @@ class GenerationParams:
     height: int | None
     steps: int | None
     guidance_scale: float | None
+    # Images of this prompt, made in one pipeline call with seeds seed, seed+1, ...
+    n: int = 1
 
 
 @dataclass(slots=True)
@@ -164,16 +166,26 @@ class ImageEngine:
             raise ValidationFailed(f"{width}x{height} is over the limit of {s.max_pixels} pixels")
         steps = params.steps or s.default_steps
         if steps > s.max_steps:
-            raise ValidationFailed(f"steps {steps} is over the limit of {s.max_steps}")
+            raise ValidationFailed(f"steps {steps} is over the limit of {s.max_steps}", param="steps")
         guidance = s.default_guidance if params.guidance_scale is None else params.guidance_scale
+        if guidance > s.max_guidance:
+            raise ValidationFailed(
+                f"guidance_scale {guidance:g} is over the limit of {s.max_guidance:g}", param="guidance_scale"
+            )
+        if params.n > s.max_n:
+            raise ValidationFailed(f"n {params.n} is over the limit of {s.max_n}", param="n")
         seed = params.seed if params.seed is not None else secrets.randbelow(MAX_SEED + 1)
-        negative = params.negative_prompt.strip() if params.negative_prompt else None
-        return ImageJob(params.prompt, negative or None, seed, width, height, steps, guidance)
+        # At guidance 0 the pipeline never encodes the negative prompt; dropping it here also lets the job
+        # batch with jobs that have none.
+        negative = params.negative_prompt.strip() if params.negative_prompt and guidance > 0 else None
+        return ImageJob(params.prompt, negative or None, seed, width, height, steps, guidance, params.n)
 
     async def generate(self, params: GenerationParams, route_role: RoleName) -> Generated:
         batcher = self.require_ready()
         job = self.make_job(params)
-        if self.held >= self.settings.queue_limit:
+        # Counted in images, like the batches: a request of n images holds n of the worker's bound (a lone
+        # request is always taken, so n over the bound cannot wait forever).
+        if self.held and self.held + job.count > self.settings.queue_limit:
             # Busy, not broken: the interface tries another worker or passes the 429 on with this estimate.
             slots = max(1, batcher.concurrency * self.settings.max_batch)
             raise Overloaded(
@@ -181,12 +193,12 @@ class ImageEngine:
                 retry_after_s=self.held / slots * self._mean_request_s,
                 stage="image",
             )
-        self.held += 1
+        self.held += job.count
         started = time.perf_counter()
         try:
             return await self._generate(batcher, job, self.checks_output(route_role))
         finally:
-            self.held -= 1
+            self.held -= job.count
             self._mean_request_s += 0.2 * (time.perf_counter() - started - self._mean_request_s)
 
     async def _generate(self, batcher: Batcher, job: ImageJob, check_pixels: bool) -> Generated:
@@ -200,12 +212,16 @@ class ImageEngine:
             ) from exc
         if check_pixels:
             assert self.safety is not None, "loaded at start-up for every route role that checks pixels"
-            verdict: SafetyVerdict = await asyncio.to_thread(self.safety.check, result.image)
-            if not verdict.safe:
-                self.m_unsafe.inc()
-                raise PolicyBlocked(
-                    "the generated image did not pass the safety check", stage="output_safety"
-                )
+            safety = self.safety
+            verdicts: list[SafetyVerdict] = await asyncio.to_thread(
+                lambda: [safety.check(image) for image in result.images]
+            )
+            unsafe = sum(not v.safe for v in verdicts)
+            if unsafe:
+                # The whole answer is withheld: a request of n images gets n images or none, so a client
+                # never mistakes a short answer for the set it asked for.
+                self.m_unsafe.inc(unsafe)
+                raise PolicyBlocked("a generated image did not pass the safety check", stage="output_safety")
         # The pipeline's limit, which load() may have lowered below the setting to fit the checkpoint.
         tokens = result.prompt_tokens
         truncated = tokens > self._pipelines[0].max_sequence_length

@@ -27,3 +27,16 @@ async def moderate(prompt: str, route_role: RoleName) -> ModeratedPrompt:
     if decision.blocked:
         raise PolicyBlocked(decision.reason or "the prompt is not allowed", stage="image_policy")
     return ModeratedPrompt(decision.prompt, decision.soft_blocked)
+
+
+async def check_negative_prompt(negative_prompt: str | None) -> None:
+    """Hard block only: a negative prompt lists what to keep out ("nudity" is a usual one), so the soft
+    block, which adds safety words to explicit prompts, has nothing to do here; the hard block still applies,
+    as it does to any text of a client's that reaches the model."""
+    if not negative_prompt or not negative_prompt.strip():
+        return
+    decision = await decide_off_loop(
+        lambda text: check_expanded_prompt(text, moderated=False), negative_prompt
+    )
+    if decision.blocked:
+        raise PolicyBlocked(decision.reason or "the negative prompt is not allowed", stage="image_policy")

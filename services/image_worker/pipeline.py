@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from shared.image_params import image_seeds
 from shared.logging_config import quiet_progress_bars
 from shared.torch_devices import resolve_dtype
 
@@ -36,10 +37,22 @@ class ImageJob:
     height: int
     steps: int
     guidance_scale: float
+    # Images of this prompt, seeds seed, seed+1, ... (``image_seeds``): all in the same pipeline call.
+    count: int = 1
 
     def batch_key(self) -> tuple[int, int, int, float, bool]:
         """Jobs that agree on this run as one pipeline call."""
         return (self.width, self.height, self.steps, self.guidance_scale, self.negative_prompt is not None)
+
+    @property
+    def seeds(self) -> list[int]:
+        return image_seeds(self.seed, self.count)
+
+    @property
+    def cost(self) -> int:
+        """What the job takes of a batch: its images, twice over with guidance (the transformer runs each
+        image's latents once with the prompt and once with the negative prompt, in one batch)."""
+        return self.count * (2 if self.guidance_scale > 0 else 1)
 
 
 class ModelLoadError(RuntimeError):
@@ -123,15 +136,22 @@ class DevicePipeline:
         return max(_TOKEN_BUCKET, min(bucket, self.max_sequence_length))
 
     @torch.inference_mode()
-    def run(self, jobs: list[ImageJob]) -> tuple[list[Image.Image], list[int]]:
-        """One pipeline call for the batch; returns the images and each prompt's token count."""
+    def run(self, jobs: list[ImageJob]) -> tuple[list[list[Image.Image]], list[int]]:
+        """One pipeline call for the batch; returns each job's images and each prompt's token count.
+
+        A job of ``count`` images is ``count`` entries of the call, one generator (one seed) each, rather
+        than ``num_images_per_prompt``: that argument is per call, and one call mixes jobs of any count.
+        """
         token_counts = [self.count_tokens(job.prompt) for job in jobs]
         first = jobs[0]
-        generators = [torch.Generator(device=self.device).manual_seed(job.seed) for job in jobs]
-        negative = [job.negative_prompt or "" for job in jobs] if first.negative_prompt is not None else None
+        entries = [(job, seed) for job in jobs for seed in job.seeds]
+        generators = [torch.Generator(device=self.device).manual_seed(seed) for _, seed in entries]
+        negative = None
+        if first.negative_prompt is not None:
+            negative = [job.negative_prompt or "" for job, _ in entries]
         started = time.perf_counter()
         out = self.pipe(
-            prompt=[job.prompt for job in jobs],
+            prompt=[job.prompt for job, _ in entries],
             negative_prompt=negative,
             height=first.height,
             width=first.width,
@@ -142,9 +162,13 @@ class DevicePipeline:
             output_type="pil",
         )
         images = list(out.images)
-        if len(images) != len(jobs):
-            raise RuntimeError(f"pipeline returned {len(images)} images for {len(jobs)} prompts")
+        if len(images) != len(entries):
+            raise RuntimeError(f"pipeline returned {len(images)} images for {len(entries)} asked")
         log.debug(
-            "batch done", extra={"n": len(jobs), "ms": round((time.perf_counter() - started) * 1000, 1)}
+            "batch done", extra={"n": len(entries), "ms": round((time.perf_counter() - started) * 1000, 1)}
         )
-        return images, token_counts
+        per_job: list[list[Image.Image]] = []
+        for job in jobs:
+            per_job.append(images[: job.count])
+            images = images[job.count :]
+        return per_job, token_counts

@@ -7,6 +7,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from shared.image_params import MAX_GUIDANCE, MAX_IMAGES, MAX_STEPS
 from shared.roles import RoleName
 from shared.settings import ServiceSettings
 
@@ -31,9 +32,11 @@ class ImageSettings(ServiceSettings):
     max_side: int = Field(2048, ge=16, multiple_of=16)
     max_pixels: int = Field(2048 * 2048, ge=256)
     # Turbo is distilled for 8 evaluations without classifier-free guidance.
-    default_steps: int = Field(8, ge=1, le=50)
-    max_steps: int = Field(50, ge=1, le=50)
-    default_guidance: float = Field(0.0, ge=0.0, le=20.0)
+    default_steps: int = Field(8, ge=1, le=MAX_STEPS)
+    max_steps: int = Field(MAX_STEPS, ge=1, le=MAX_STEPS)
+    default_guidance: float = Field(0.0, ge=0.0, le=MAX_GUIDANCE)
+    # Any guidance above 0 runs the transformer twice per step; 0 here refuses guided requests altogether.
+    max_guidance: float = Field(MAX_GUIDANCE, ge=0.0, le=MAX_GUIDANCE)
     max_sequence_length: int = Field(512, ge=16, le=4096)
 
     max_batch: int = Field(4, ge=1, le=64)
@@ -59,6 +62,13 @@ class ImageSettings(ServiceSettings):
                 raise ValueError(f"default size {side} is over max_side {self.max_side}")
         if self.default_steps > self.max_steps:
             raise ValueError("default_steps is over max_steps")
+        if self.default_guidance > self.max_guidance:
+            raise ValueError("default_guidance is over max_guidance")
         if self.drain_timeout_s < self.inference_timeout_s:
             raise ValueError("drain_timeout_s must be at least inference_timeout_s")
         return self
+
+    @property
+    def max_n(self) -> int:
+        """Images per request: all of them go in one pipeline call, so never more than a batch holds."""
+        return min(MAX_IMAGES, self.max_batch)

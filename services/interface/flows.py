@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import secrets
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
 
@@ -36,6 +36,7 @@ from shared.models import (
     GenerateResponse,
     ImageGenRequest,
     ImageGenResponse,
+    ImageParams,
     ProfileCreateResponse,
     ReplyRequest,
     ReplyResponse,
@@ -49,6 +50,7 @@ from shared.policy import (
 )
 from shared.reply_templates import checked_template_reply
 from shared.roles import ChatKind, chat_policy, policy_for
+from shared.styles import STYLE_PHRASES, StyleName, style_phrase
 from shared.timings import StageTimer
 
 log = logging.getLogger(__name__)
@@ -79,8 +81,17 @@ def fixed_seed(seed: int | None) -> int:
     return seed if seed is not None else secrets.randbelow(MAX_SEED + 1)
 
 
-def check_size(pool: WorkerPool, width: int | None, height: int | None, steps: int | None = None) -> None:
-    """Refuse sizes the deployed workers would refuse, before the request takes a queue slot."""
+def check_limits(
+    pool: WorkerPool,
+    width: int | None,
+    height: int | None,
+    steps: int | None = None,
+    guidance_scale: float | None = None,
+    n: int = 1,
+) -> None:
+    """Refuse what the deployed workers would refuse (the limits they advertise on /healthz), before the
+    request takes a queue slot. The schema bounds (shared/image_params.py) were checked by the request model.
+    """
     limits = pool.limits
     if limits is None:
         return
@@ -93,6 +104,55 @@ def check_size(pool: WorkerPool, width: int | None, height: int | None, steps: i
         )
     if steps is not None and steps > limits.max_steps:
         raise ValidationFailed(f"steps: at most {limits.max_steps} on this deployment", param="steps")
+    if guidance_scale is not None and guidance_scale > limits.max_guidance:
+        raise ValidationFailed(
+            f"guidance_scale: at most {limits.max_guidance:g} on this deployment", param="guidance_scale"
+        )
+    if n > limits.max_n:
+        raise ValidationFailed(f"n: at most {limits.max_n} on this deployment", param="n")
+
+
+def check_params(pool: WorkerPool, req: ImageParams) -> None:
+    check_limits(pool, req.width, req.height, req.steps, req.guidance_scale, req.n)
+
+
+async def check_negative_prompt(req: ImageParams) -> None:
+    """The hard block on the negative prompt, on every route: it is a client's text that reaches the model.
+
+    Not the soft block (a negative prompt names what to keep out: "nudity" is a usual one) and not the guard,
+    whose verdict is about what a text asks for, which a list of things to avoid is not.
+    """
+    if req.negative_prompt and req.negative_prompt.strip():
+        enforce(await decide_off_loop(evaluate_private_chat, req.negative_prompt), "policy")
+
+
+def with_style(prompt: str, style: StyleName | None) -> str:
+    """The prompt with the preset's phrase appended (routes without an LLM expansion)."""
+    phrase = style_phrase(style)
+    return f"{prompt}, {phrase}" if phrase else prompt
+
+
+def generation_fields(req: ImageParams) -> dict[str, Any]:
+    """The generation knobs as an image worker takes them (its GenerateRequest), unset ones left out."""
+    return req.model_dump(
+        include={"negative_prompt", "width", "height", "steps", "guidance_scale", "n"}, exclude_none=True
+    )
+
+
+def params_used(generated: GenerateResponse, n: int, style: StyleName | None) -> dict[str, Any]:
+    """The fields of ImageParamsUsed, from what the worker reports it used."""
+    count = 1 + len(generated.more_images)
+    if count != n:
+        raise UpstreamFailed(f"generate: the worker answered {count} images for {n} asked", stage="generate")
+    return {
+        "more_images": generated.more_images,
+        "width": generated.width,
+        "height": generated.height,
+        "steps": generated.steps,
+        "guidance_scale": generated.guidance_scale,
+        "negative_prompt": generated.negative_prompt,
+        "style": style,
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +178,18 @@ class TextImageJob:
     moderated: bool
 
 
+@dataclass(frozen=True, slots=True)
+class ProfileJob:
+    # The text that replaces the avatar's house style: a preset's phrase, or the client's own words.
+    style_text: str | None
+    # Set when the client named a preset; its phrase is ours, so only free text is judged.
+    preset: StyleName | None
+    seed: int
+    steps: int | None
+    guidance_scale: float | None
+    n: int
+
+
 class Flows:
     def __init__(self, pools: Pools, settings: InterfaceSettings, guard: Guard) -> None:
         self.pools = pools
@@ -126,20 +198,33 @@ class Flows:
 
     # --- profile ---------------------------------------------------------------------------------------
 
-    async def prepare_profile(self, style: str | None) -> None:
-        """The word rules on the client's style text (the rest of the avatar prompt is the house style)."""
-        if style and style.strip():
+    async def prepare_profile(
+        self,
+        style: str | None,
+        seed: int | None = None,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+        n: int = 1,
+    ) -> ProfileJob:
+        """A preset name becomes its phrase; free text gets the word rules (the rest of the avatar prompt is
+        the house style); the knobs are checked against the profile workers' limits."""
+        preset = cast(StyleName, style) if style in STYLE_PHRASES else None
+        style_text = style_phrase(preset) if preset else style
+        if not preset and style and style.strip():
             enforce(await decide_off_loop(evaluate_private_chat, style), "policy")
+        check_limits(self.pools.profile, None, None, steps, guidance_scale, n)
+        return ProfileJob(style_text, preset, fixed_seed(seed), steps, guidance_scale, n)
 
     async def create_profile(
-        self, image: bytes, filename: str, content_type: str, style: str | None, seed: int | None
+        self, image: bytes, filename: str, content_type: str, job: ProfileJob
     ) -> ProfileCreateResponse:
         timer = StageTimer()
         moderated = policy_for("profile").soft_block
+        style = job.style_text
         # The style is the only text a client puts in the avatar prompt: judged while the selfie is analysed.
         style_check = (
             self.guard.in_background(style, moderated=moderated, stage="guard", timer=timer)
-            if style and style.strip()
+            if style and style.strip() and job.preset is None
             else None
         )
         try:
@@ -160,7 +245,10 @@ class Flows:
         request: dict[str, Any] = {
             "features": analysis.features.model_dump(),
             "style": style,
-            "seed": fixed_seed(seed),
+            "seed": job.seed,
+            "steps": job.steps,
+            "guidance_scale": job.guidance_scale,
+            "n": job.n,
         }
         with timer.stage("generate"):
             body = await self.pools.profile.request(
@@ -179,6 +267,7 @@ class Flows:
             prompt_used=generated.prompt_used,
             seed=generated.seed,
             timings_ms=timer.done(),
+            **params_used(generated, job.n, job.preset),
         )
 
     # --- chat images -----------------------------------------------------------------------------------
@@ -189,7 +278,8 @@ class Flows:
             await decide_off_loop(sanitize_general if moderated else evaluate_private_chat, req.message),
             "policy",
         )
-        check_size(self.pools.chat_pool(kind), req.width, req.height)
+        await check_negative_prompt(req)
+        check_params(self.pools.chat_pool(kind), req)
         return ChatJob(kind, req, fixed_seed(req.seed))
 
     async def chat_image(self, job: ChatJob) -> ChatImageResponse:
@@ -206,7 +296,10 @@ class Flows:
                     f"/v1/chat/{kind}/expand",
                     stage="expand",
                     timeout_s=self.settings.expand_timeout_s,
-                    json=req.model_dump(include={"message", "history", "persona"}, exclude_none=True),
+                    # The style is the expansion's to render: it writes the prompt.
+                    json=req.model_dump(
+                        include={"message", "history", "persona", "style"}, exclude_none=True
+                    ),
                 )
             expanded = parse_upstream(ExpandResponse, body, "expand")
             # The LLM can turn an innocent message into a blocked prompt: check again before any pixels exist.
@@ -229,13 +322,10 @@ class Flows:
                 f"/v1/chat/{kind}/generate",
                 stage="generate",
                 timeout_s=self.settings.generate_timeout_s,
-                json={
-                    "prompt": prompt,
-                    "seed": job.seed,
-                    **req.model_dump(include={"width", "height"}, exclude_none=True),
-                },
+                json={"prompt": prompt, "seed": job.seed, **generation_fields(req)},
             )
         generated = parse_upstream(GenerateResponse, body, "generate")
+        used = params_used(generated, req.n, req.style)
         caption, caption_source = await self._caption(prompt, req.message, timer)
         return ChatImageResponse(
             image_base64=generated.image_base64,
@@ -247,6 +337,7 @@ class Flows:
             source=expanded.source,
             caption_source=caption_source,
             timings_ms=timer.done(),
+            **used,
         )
 
     async def _caption(
@@ -270,23 +361,28 @@ class Flows:
 
     # --- text to image ---------------------------------------------------------------------------------
 
+    # No LLM writes these prompts: the style's phrase is appended here, before the word rules, so they judge
+    # the very text the worker gets (the phrases are ours and pass them; the guard reads the client's prompt).
+
     async def prepare_private_image(self, req: ImageGenRequest) -> TextImageJob:
-        prompt = enforce(await decide_off_loop(evaluate_private_chat, req.prompt), "policy")
+        styled = with_style(req.prompt, req.style)
+        prompt = enforce(await decide_off_loop(evaluate_private_chat, styled), "policy")
         path, moderated = "/v1/chat/1to1/generate", policy_for("chat1to1").soft_block
-        return self._text_job(self.pools.chat1to1, path, req, prompt, False, moderated=moderated)
+        return await self._text_job(self.pools.chat1to1, path, req, prompt, False, moderated=moderated)
 
     async def prepare_general_image(self, req: ImageGenRequest) -> TextImageJob:
-        decision = await decide_off_loop(sanitize_general, req.prompt)
+        decision = await decide_off_loop(sanitize_general, with_style(req.prompt, req.style))
         prompt = enforce(decision, "policy")
         moderated = policy_for("general").soft_block
-        return self._text_job(
+        return await self._text_job(
             self.pools.text2img, "/v1/generate", req, prompt, decision.soft_blocked, moderated=moderated
         )
 
-    def _text_job(
+    async def _text_job(
         self, pool: WorkerPool, path: str, req: ImageGenRequest, prompt: str, soft: bool, *, moderated: bool
     ) -> TextImageJob:
-        check_size(pool, req.width, req.height, req.steps)
+        await check_negative_prompt(req)
+        check_params(pool, req)
         return TextImageJob(pool, path, req, prompt, soft, fixed_seed(req.seed), moderated)
 
     async def text_image(self, job: TextImageJob) -> ImageGenResponse:
@@ -302,11 +398,7 @@ class Flows:
                 job.path,
                 stage="generate",
                 timeout_s=self.settings.generate_timeout_s,
-                json={
-                    **job.req.model_dump(exclude={"prompt", "seed"}, exclude_none=True),
-                    "prompt": prompt,
-                    "seed": job.seed,
-                },
+                json={"prompt": prompt, "seed": job.seed, **generation_fields(job.req)},
             )
         generated = parse_upstream(GenerateResponse, body, "generate")
         return ImageGenResponse(
@@ -315,10 +407,9 @@ class Flows:
             prompt_tokens=generated.prompt_tokens,
             prompt_truncated=generated.prompt_truncated,
             seed=generated.seed,
-            width=generated.width,
-            height=generated.height,
             soft_blocked=soft_blocked,
             timings_ms=timer.done(),
+            **params_used(generated, job.req.n, job.req.style),
         )
 
     # --- reply -----------------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ from shared.http_client import (
     map_status,
     map_transport_error,
 )
+from shared.image_params import MAX_GUIDANCE
 from shared.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,9 @@ class WorkerLimits:
     max_side: int
     max_pixels: int
     max_steps: int
+    max_guidance: float
+    # Images per request (all of them in one of the worker's batches).
+    max_n: int
 
 
 @dataclass(slots=True, eq=False)
@@ -144,6 +148,8 @@ class WorkerPool:
             max_side=min(k.max_side for k in known),
             max_pixels=min(k.max_pixels for k in known),
             max_steps=min(k.max_steps for k in known),
+            max_guidance=min(k.max_guidance for k in known),
+            max_n=min(k.max_n for k in known),
         )
 
     def on_change(self, listener: Callable[[int], None]) -> None:
@@ -424,7 +430,14 @@ def pool_metrics(metrics: ServiceMetrics) -> dict[str, Any]:
 def _advertised_limits(resp: httpx.Response) -> WorkerLimits | None:
     try:
         limits = resp.json()["limits"]
-        return WorkerLimits(int(limits["max_side"]), int(limits["max_pixels"]), int(limits["max_steps"]))
+        return WorkerLimits(
+            int(limits["max_side"]),
+            int(limits["max_pixels"]),
+            int(limits["max_steps"]),
+            # A worker from before these were advertised: any guidance its schema took, one image per call.
+            float(limits.get("max_guidance", MAX_GUIDANCE)),
+            int(limits.get("max_n", 1)),
+        )
     except (ValueError, KeyError, TypeError):
         return None
 

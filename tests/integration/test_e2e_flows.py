@@ -7,8 +7,9 @@ plus the tiny Qwen2-VL), and the four image workers on the tiny Z-Image. No fake
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -19,6 +20,7 @@ from devtools.photos import astronaut, encode
 from devtools.service_process import ServiceProcess, all_running
 from devtools.stack_env import PERSONA
 from shared.images import decode_base64_image as image_of
+from shared.styles import STYLE_PHRASES
 from tests.helpers.photos import truncated_jpeg
 from tests.helpers.waiting import wait_until
 from tests.integration.test_image_workers import image_env
@@ -341,3 +343,183 @@ def test_openai_sdk_scenes_model_returns_the_expanded_prompt(stack: dict[str, Se
     assert calls(stack["scenes"], "/v1/chat/scenes/generate") == before + 1
     ids = {m.id for m in sdk.models.list()}
     assert ids == {"img-pod-general", "img-pod-private", "img-pod-shorts", "img-pod-scenes"}
+
+
+# --- request parameters: steps, guidance_scale, n, style, negative_prompt ------------------------------
+
+
+def text2img_calls(stack: dict[str, ServiceProcess]) -> int:
+    """Calls the general pool (the chat1to1 and scenes workers here) answered on /v1/generate."""
+    return calls(stack["chat1to1"], "/v1/generate") + calls(stack["scenes"], "/v1/generate")
+
+
+def assert_images(body: dict[str, Any], seeds: list[int], first: str = "image_base64") -> None:
+    """The first image in its field as before, the others in more_images: each once, each its own seed."""
+    images = [{"image_base64": body[first], "seed": body["seed"]}, *body["more_images"]]
+    assert [image["seed"] for image in images] == seeds
+    assert len({image["image_base64"] for image in images}) == len(seeds)
+    assert all(image_of(image["image_base64"]).size == (64, 64) for image in images)
+
+
+@pytest.mark.parametrize(
+    ("path", "worker_calls"),
+    [
+        ("/v1/chat/private/imagegen", lambda s: calls(s["chat1to1"], "/v1/chat/1to1/generate")),
+        ("/v1/imagegen", text2img_calls),
+    ],
+)
+def test_text_routes_take_every_parameter(
+    stack: dict[str, ServiceProcess], path: str, worker_calls: Callable[[dict[str, ServiceProcess]], int]
+) -> None:
+    before = worker_calls(stack)
+    payload = {
+        "prompt": "a lighthouse on a cliff",
+        "seed": 9,
+        "n": 3,
+        "steps": 3,
+        "guidance_scale": 1.5,
+        "negative_prompt": "blurry, low contrast",
+        "style": "watercolor",
+    }
+    resp = post(stack, path, json=payload)
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    # Three images from ONE worker call, seeds 9, 10, 11.
+    assert worker_calls(stack) == before + 1
+    assert_images(body, [9, 10, 11])
+    # What the worker used, echoed: the steps and guidance reached the pipeline, and so did the negative.
+    assert (body["steps"], body["guidance_scale"], body["width"], body["height"]) == (3, 1.5, 64, 64)
+    assert body["negative_prompt"] == "blurry, low contrast"
+    assert body["style"] == "watercolor"
+    assert body["prompt_used"].startswith("a lighthouse on a cliff, " + STYLE_PHRASES["watercolor"])
+
+
+def test_defaults_are_turbos_and_the_negative_prompt_is_ignored_at_guidance_0(
+    stack: dict[str, ServiceProcess],
+) -> None:
+    resp = post(stack, "/v1/chat/private/imagegen", json={"prompt": "a teapot", "negative_prompt": "blurry"})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    # The worker's defaults: 8 steps, guidance 0, one image; at guidance 0 no negative prompt is used.
+    assert (body["steps"], body["guidance_scale"], body["negative_prompt"]) == (8, 0.0, None)
+    assert body["more_images"] == []
+    assert body["style"] is None
+
+
+@pytest.mark.parametrize(
+    ("path", "kind"),
+    [
+        ("/v1/chat/1to1/imagegen", "chat1to1"),
+        ("/v1/chat/shorts/generate", "shorts"),
+        ("/v1/chat/scenes/generate", "scenes"),
+    ],
+)
+def test_chat_routes_take_every_parameter(stack: dict[str, ServiceProcess], path: str, kind: str) -> None:
+    route = f"/v1/chat/{'1to1' if kind == 'chat1to1' else kind}/generate"
+    before = calls(stack[kind], route)
+    payload = {
+        "message": "send me a picture of you at the beach at sunset",
+        "persona": PERSONA,
+        "seed": 20,
+        "n": 2,
+        "steps": 2,
+        "guidance_scale": 1.0,
+        "negative_prompt": "blurry",
+        "style": "anime",
+    }
+    resp = post(stack, path, json=payload)
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert calls(stack[kind], route) == before + 1
+    assert_images(body, [20, 21])
+    assert (body["steps"], body["guidance_scale"], body["negative_prompt"]) == (2, 1.0, "blurry")
+    assert body["style"] == "anime"
+    # The expansion was asked for the style: the LLM service ends its prompt with the preset's phrase.
+    assert STYLE_PHRASES["anime"] in body["prompt_used"]
+    assert body["caption"].strip()
+
+
+def test_profile_create_takes_every_parameter(stack: dict[str, ServiceProcess]) -> None:
+    files = {"file": ("astronaut.jpg", encode(astronaut(), "JPEG"), "image/jpeg")}
+    before = calls(stack["profile"], GENERATE)
+    form = {"seed": "42", "n": "2", "steps": "2", "guidance_scale": "0", "style": "anime"}
+    resp = post(stack, "/v1/profile/create", files=files, data=form)
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert calls(stack["profile"], GENERATE) == before + 1
+    assert_images(body, [42, 43], first="profile_image_base64")
+    assert (body["steps"], body["guidance_scale"], body["style"]) == (2, 0.0, "anime")
+    # A preset name becomes its phrase in place of the house style.
+    assert body["prompt_used"].startswith(STYLE_PHRASES["anime"])
+    # Free text still works as before: it replaces the house style as written, and is not a preset.
+    files = {"file": ("astronaut.jpg", encode(astronaut(), "JPEG"), "image/jpeg")}
+    free = post(stack, "/v1/profile/create", files=files, data={"style": "oil painting, warm light"})
+    assert free.status_code == 200, free.text
+    assert free.json()["prompt_used"].startswith("oil painting, warm light")
+    assert free.json()["style"] is None
+
+
+@pytest.mark.parametrize(
+    ("path", "payload", "param"),
+    [
+        ("/v1/imagegen", {"prompt": "a kite", "style": "oilpaint"}, "style"),
+        ("/v1/chat/private/imagegen", {"prompt": "a kite", "n": 5}, "n"),
+        ("/v1/imagegen", {"prompt": "a kite", "n": 0}, "n"),
+        ("/v1/imagegen", {"prompt": "a kite", "steps": 51}, "steps"),
+        ("/v1/imagegen", {"prompt": "a kite", "guidance_scale": 20.5}, "guidance_scale"),
+        ("/v1/chat/private/imagegen", {"prompt": "a kite", "guidance_scale": -0.5}, "guidance_scale"),
+        ("/v1/chat/shorts/generate", {"message": "a kite", "style": "nope"}, "style"),
+        ("/v1/chat/1to1/imagegen", {"message": "a kite", "steps": 0}, "steps"),
+        ("/v1/chat/scenes/generate", {"message": "a kite", "negative_prompt": "x" * 2001}, "negative_prompt"),
+    ],
+)
+def test_parameters_past_the_schema_bounds_are_422(
+    stack: dict[str, ServiceProcess], path: str, payload: dict[str, object], param: str
+) -> None:
+    resp = post(stack, path, json=payload)
+    assert resp.status_code == 422, resp.text
+    body = resp.json()
+    assert body["code"] == "validation_error"
+    assert param in body["detail"]
+
+
+@pytest.mark.parametrize(("field", "value"), [("n", "5"), ("steps", "51"), ("guidance_scale", "21")])
+def test_profile_form_fields_past_the_schema_bounds_are_422(
+    stack: dict[str, ServiceProcess], field: str, value: str
+) -> None:
+    files = {"file": ("astronaut.jpg", encode(astronaut(), "JPEG"), "image/jpeg")}
+    resp = post(stack, "/v1/profile/create", files=files, data={field: value})
+    assert resp.status_code == 422, resp.text
+    assert field in resp.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("path", "payload"),
+    [
+        ("/v1/imagegen", {"prompt": "a beach", "negative_prompt": "a naked 12 year old"}),
+        ("/v1/chat/private/imagegen", {"prompt": "a beach", "negative_prompt": "n@ked 14yo"}),
+        ("/v1/chat/scenes/generate", {"message": "a beach", "negative_prompt": "a naked 12 year old"}),
+    ],
+)
+def test_negative_prompt_gets_the_hard_block(
+    stack: dict[str, ServiceProcess], path: str, payload: dict[str, object]
+) -> None:
+    before = {role: served(stack[role]) for role in ("chat1to1", "scenes")}
+    resp = post(stack, path, json=payload)
+    assert resp.status_code == 422, resp.text
+    assert (resp.json()["code"], resp.json()["stage"]) == ("policy_blocked", "policy")
+    assert {role: served(stack[role]) for role in ("chat1to1", "scenes")} == before
+
+
+def test_negative_prompt_is_not_soft_blocked(stack: dict[str, ServiceProcess]) -> None:
+    """Naming nudity as what to keep out is what a negative prompt is for: no safety words are added."""
+    resp = post(
+        stack,
+        "/v1/imagegen",
+        json={"prompt": "a beach at noon", "negative_prompt": "nudity, nsfw", "guidance_scale": 1.0},
+    )
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["soft_blocked"] is False
+    assert body["negative_prompt"] == "nudity, nsfw"
+    assert "no nudity" not in body["prompt_used"]

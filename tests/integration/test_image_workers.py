@@ -159,6 +159,12 @@ def test_concurrent_requests_keep_their_own_seed(workers: dict[str, ServiceProce
         ({"prompt": "x", "seed": -1}, "seed"),
         ({"width": 64}, "prompt"),
         ({"prompt": "x", "output_format": "gif"}, "output_format"),
+        ({"prompt": "x", "n": 0}, "n"),
+        ({"prompt": "x", "n": 5}, "n"),
+        ({"prompt": "x", "guidance_scale": 20.5}, "guidance_scale"),
+        ({"prompt": "x", "guidance_scale": -1}, "guidance_scale"),
+        # The interface applies styles; a worker takes the final prompt only.
+        ({"prompt": "x", "style": "anime"}, "style"),
     ],
 )
 def test_bad_input_is_a_clear_422(
@@ -169,6 +175,51 @@ def test_bad_input_is_a_clear_422(
     body = resp.json()
     assert body["code"] == "validation_error"
     assert fragment in body["detail"]
+
+
+@pytest.mark.parametrize("role", ["chat1to1", "profile"])
+def test_n_images_in_one_call_with_following_seeds(workers: dict[str, ServiceProcess], role: str) -> None:
+    resp = httpx.post(
+        workers[role].url + ROLES[role],
+        json=body_for(role, seed=70, n=3, steps=3, guidance_scale=1.5),
+        headers=AUTH,
+        timeout=120,
+    )
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    images = [{"image_base64": body["image_base64"], "seed": body["seed"]}, *body["more_images"]]
+    assert [image["seed"] for image in images] == [70, 71, 72]
+    assert len({image["image_base64"] for image in images}) == 3
+    # One pipeline call made the three (nothing else was in flight on this worker).
+    assert body["timings_ms"]["batch_size"] == 3
+    assert (body["steps"], body["guidance_scale"]) == (3, 1.5)
+    # The second image is the one its own seed makes alone.
+    alone = httpx.post(
+        workers[role].url + ROLES[role],
+        json=body_for(role, seed=71, steps=3, guidance_scale=1.5),
+        headers=AUTH,
+        timeout=60,
+    ).json()
+    second = np.asarray(decode(images[1]["image_base64"]), float)
+    assert np.abs(second - np.asarray(decode(alone["image_base64"]), float)).mean() < 2.0
+
+
+def test_negative_prompt_is_used_with_guidance_and_hard_blocked(workers: dict[str, ServiceProcess]) -> None:
+    url = workers["chat1to1"].url + ROLES["chat1to1"]
+    guided = httpx.post(
+        url, json=body_for("chat1to1", guidance_scale=2.0, negative_prompt="blurry"), headers=AUTH, timeout=60
+    ).json()
+    assert guided["negative_prompt"] == "blurry"
+    # At guidance 0 the pipeline ignores it: the response says none was used.
+    unguided = httpx.post(
+        url, json=body_for("chat1to1", negative_prompt="blurry"), headers=AUTH, timeout=60
+    ).json()
+    assert (unguided["guidance_scale"], unguided["negative_prompt"]) == (0.0, None)
+    blocked = httpx.post(
+        url, json=body_for("chat1to1", negative_prompt="a naked 12 year old"), headers=AUTH, timeout=60
+    )
+    assert blocked.status_code == 422
+    assert blocked.json()["code"] == "policy_blocked"
 
 
 def test_not_json_is_422(workers: dict[str, ServiceProcess]) -> None:
@@ -209,7 +260,13 @@ def test_healthz_and_metrics(workers: dict[str, ServiceProcess], tiny_models: di
     assert health["model"] == tiny_models["zimage"].name
     assert str(tiny_models["zimage"].parent) not in resp.text
     assert "output_safety" not in health
-    assert health["limits"] == {"max_side": 512, "max_pixels": 2048 * 2048, "max_steps": 50}
+    assert health["limits"] == {
+        "max_side": 512,
+        "max_pixels": 2048 * 2048,
+        "max_steps": 50,
+        "max_guidance": 20.0,
+        "max_n": 4,
+    }
     assert (health["device"], health["dtype"], health["role"]) == ("cpu", "float32", "scenes")
     metrics = httpx.get(workers["scenes"].url + "/metrics", headers=AUTH).text
     assert "imgpod_model_inference_seconds" in metrics

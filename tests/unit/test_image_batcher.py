@@ -131,7 +131,7 @@ class FaultyDevicePipeline(DevicePipeline):
     including the retried good items, runs the real model.
     """
 
-    def run(self, jobs: list[ImageJob]) -> tuple[list[Image.Image], list[int]]:
+    def run(self, jobs: list[ImageJob]) -> tuple[list[list[Image.Image]], list[int]]:
         if any(FAULT_MARK in job.prompt for job in jobs):
             raise RuntimeError("injected fault")
         return super().run(jobs)

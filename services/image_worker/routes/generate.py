@@ -9,11 +9,17 @@ from fastapi import APIRouter
 
 from services.image_worker.deps import EngineDep
 from services.image_worker.engine import GenerationParams, ImageEngine
-from services.image_worker.moderation import moderate
+from services.image_worker.moderation import check_negative_prompt, moderate
 from services.image_worker.profile_prompt import build_profile_prompt
 from services.image_worker.settings import Role
 from shared.images import encode_image_base64
-from shared.models import GenerateRequest, GenerateResponse, ImageFormat, ProfileGenerateRequest
+from shared.models import (
+    GeneratedImage,
+    GenerateRequest,
+    GenerateResponse,
+    ImageFormat,
+    ProfileGenerateRequest,
+)
 from shared.roles import RoleName
 
 
@@ -29,17 +35,24 @@ async def run_generation(
     generated = await engine.generate(params, route_role)
     encode_started = time.perf_counter()
     # 200-400 ms for a 1024x1024 PNG: on the loop it would stall /healthz past the interface's probe timeout.
-    image_b64 = await asyncio.to_thread(encode_image_base64, generated.result.image, output_format)
+    encoded = await asyncio.to_thread(
+        lambda: [encode_image_base64(image, output_format) for image in generated.result.images]
+    )
     done = time.perf_counter()
     job = generated.job
     return GenerateResponse(
-        image_base64=image_b64,
+        image_base64=encoded[0],
+        more_images=[
+            GeneratedImage(image_base64=b64, seed=seed)
+            for b64, seed in zip(encoded[1:], job.seeds[1:], strict=True)
+        ],
         format=output_format,
         seed=job.seed,
         width=job.width,
         height=job.height,
         steps=job.steps,
         guidance_scale=job.guidance_scale,
+        negative_prompt=job.negative_prompt,
         prompt_used=job.prompt,
         prompt_tokens=generated.prompt_tokens,
         prompt_truncated=generated.prompt_truncated,
@@ -66,6 +79,7 @@ def params_from(req: GenerateRequest, prompt: str | None = None) -> GenerationPa
         height=req.height,
         steps=req.steps,
         guidance_scale=req.guidance_scale,
+        n=req.n,
     )
 
 
@@ -88,7 +102,9 @@ async def generate(req: GenerateRequest, engine: EngineDep) -> GenerateResponse:
 async def profile_generate(req: ProfileGenerateRequest, engine: EngineDep) -> GenerateResponse:
     """An avatar from selfie features, in the house style unless a style is given."""
     prompt = (await moderate(build_profile_prompt(req.features, req.style), "profile")).prompt
-    params = GenerationParams(prompt, None, req.seed, req.width, req.height, req.steps, None)
+    params = GenerationParams(
+        prompt, None, req.seed, req.width, req.height, req.steps, req.guidance_scale, req.n
+    )
     return await run_generation(engine, params, req.output_format, route_role="profile")
 
 
@@ -112,6 +128,7 @@ async def scenes_generate(req: GenerateRequest, engine: EngineDep) -> GenerateRe
 
 async def _generate_text(req: GenerateRequest, engine: ImageEngine, route_role: RoleName) -> GenerateResponse:
     checked = await moderate(req.prompt, route_role)
+    await check_negative_prompt(req.negative_prompt)
     return await run_generation(
         engine,
         params_from(req, checked.prompt),

@@ -28,5 +28,11 @@ async def healthz(engine: EngineDep) -> JSONResponse:
     ).model_dump()
     body["concurrency"] = engine.batcher.concurrency if engine.batcher else 0
     body["max_batch"] = s.max_batch
-    body["limits"] = {"max_side": s.max_side, "max_pixels": s.max_pixels, "max_steps": s.max_steps}
+    body["limits"] = {
+        "max_side": s.max_side,
+        "max_pixels": s.max_pixels,
+        "max_steps": s.max_steps,
+        "max_guidance": s.max_guidance,
+        "max_n": s.max_n,
+    }
     return JSONResponse(body, status_code=200 if engine.state == "ok" else 503)

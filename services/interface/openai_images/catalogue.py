@@ -12,7 +12,7 @@ from typing import Any
 
 from services.interface.flows import ChatJob, Flows, TextImageJob
 from services.interface.pool_set import Pools
-from shared.models import ChatImageRequest, ImageGenRequest
+from shared.models import ChatImageRequest, GeneratedImage, ImageGenRequest
 from shared.roles import ChatKind
 
 Job = TextImageJob | ChatJob
@@ -27,6 +27,7 @@ class Wanted:
     height: int | None
     seed: int | None
     steps: int | None
+    n: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +44,8 @@ class ImageModel:
     # The native route's queue: the same admission, SLA and Retry-After as that route.
     queue: str
     prepare: Callable[[Flows, Wanted], Awaitable[Job]]
-    run: Callable[[Flows, Any], Awaitable[Generated]]
+    # All n images of the request, from one worker call (one batched pipeline call on the GPU).
+    run: Callable[[Flows, Any], Awaitable[list[Generated]]]
     # The native route takes no steps (chat images use the role's own).
     takes_steps: bool
 
@@ -53,28 +55,39 @@ class ImageModel:
 
 def _text_request(wanted: Wanted) -> ImageGenRequest:
     return ImageGenRequest(
-        prompt=wanted.prompt, seed=wanted.seed, width=wanted.width, height=wanted.height, steps=wanted.steps
+        prompt=wanted.prompt,
+        seed=wanted.seed,
+        width=wanted.width,
+        height=wanted.height,
+        steps=wanted.steps,
+        n=wanted.n,
     )
 
 
-async def _run_text(flows: Flows, job: TextImageJob) -> Generated:
+def _images(
+    first: str, more: list[GeneratedImage], tokens: int | None, revised: str | None
+) -> list[Generated]:
+    return [Generated(b64, tokens, revised) for b64 in (first, *(m.image_base64 for m in more))]
+
+
+async def _run_text(flows: Flows, job: TextImageJob) -> list[Generated]:
     out = await flows.text_image(job)
-    return Generated(out.image_base64, out.prompt_tokens, None)
+    return _images(out.image_base64, out.more_images, out.prompt_tokens, None)
 
 
 def _chat(kind: ChatKind) -> Callable[[Flows, Wanted], Awaitable[Job]]:
     async def prepare(flows: Flows, wanted: Wanted) -> Job:
         req = ChatImageRequest(
-            message=wanted.prompt, seed=wanted.seed, width=wanted.width, height=wanted.height
+            message=wanted.prompt, seed=wanted.seed, width=wanted.width, height=wanted.height, n=wanted.n
         )
         return await flows.prepare_chat_image(kind, req)
 
     return prepare
 
 
-async def _run_chat(flows: Flows, job: ChatJob) -> Generated:
+async def _run_chat(flows: Flows, job: ChatJob) -> list[Generated]:
     out = await flows.chat_image(job)
-    return Generated(out.image_base64, out.prompt_tokens, out.prompt_used)
+    return _images(out.image_base64, out.more_images, out.prompt_tokens, out.prompt_used)
 
 
 async def _prepare_general(flows: Flows, wanted: Wanted) -> Job:

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import dataclasses
 import functools
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
@@ -20,7 +19,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 
-from services.interface.admission import run_admitted_all
+from services.interface.admission import run_admitted
 from services.interface.deps import FlowsDep, PoolsDep, QueuesDep, SettingsDep
 from services.interface.flows import Flows
 from services.interface.openai_images.catalogue import MODELS, Generated, ImageModel, Wanted
@@ -34,7 +33,6 @@ from services.interface.openai_images.models import (
 )
 from services.interface.openai_images.output_store import FILES_PATH, OutputStore
 from shared.errors import NotDeployed, ValidationFailed
-from shared.models import MAX_SEED
 
 router = APIRouter(tags=["openai"])
 # Model cards need a creation time; the catalogue has no history, so one fixed instant (2026-01-01).
@@ -70,7 +68,8 @@ async def generate_images(
     settings: SettingsDep,
     outputs: OutputsDep,
 ) -> Any:
-    """OpenAI's image generation over the model's native flow; ``n`` images are ``n`` queue items."""
+    """OpenAI's image generation over the model's native flow: ``n`` images are one queue item of weight
+    ``n`` and one worker call, as on the native routes."""
     model = MODELS.get(req.model)
     if model is None:
         raise ValidationFailed(
@@ -86,11 +85,11 @@ async def generate_images(
             "response_format: streamed images are always b64_json", param="response_format"
         )
     width, height = req.dimensions or (None, None)
-    job = await _prepare(model, flows, Wanted(req.prompt, width, height, req.seed, req.steps))
-    # Seeds seed, seed+1, ...: n different images, each reproducible from the first seed.
-    jobs = [dataclasses.replace(job, seed=(job.seed + i) % (MAX_SEED + 1)) for i in range(n)]
-    works: list[Callable[[], Awaitable[Generated]]] = [functools.partial(model.run, flows, j) for j in jobs]
-    generated: list[Generated] = await run_admitted_all(request, queues[model.queue], works)
+    # Seeds seed, seed+1, ...: n different images, each reproducible alone from its own seed.
+    job = await _prepare(model, flows, Wanted(req.prompt, width, height, req.seed, req.steps, n))
+    generated: list[Generated] = await run_admitted(
+        request, queues[model.queue], functools.partial(model.run, flows, job), weight=n
+    )
     size = f"{width}x{height}" if width else "auto"
     usage = ImageUsage.of_prompt_tokens(sum(g.prompt_tokens or 0 for g in generated))
     created = int(time.time())

@@ -1,4 +1,8 @@
-"""Chat and text-to-image routes: validation and policy before the queue, worker calls inside it."""
+"""Chat and text-to-image routes: validation and policy before the queue, worker calls inside it.
+
+A request for ``n`` images is one queue item of weight ``n``: it takes n places of the queue's bounds
+(shared/queue_manager.py) and one worker call, which makes all n in one batched pipeline call.
+"""
 
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ async def chat_1to1_image(
 ) -> ChatImageResponse:
     """1:1 chat image: LLM expansion (unmoderated, hard block only), image, caption."""
     job = await flows.prepare_chat_image("1to1", req)
-    return await run_admitted(request, queues["chat1to1"], lambda: flows.chat_image(job))
+    return await run_admitted(request, queues["chat1to1"], lambda: flows.chat_image(job), weight=req.n)
 
 
 @router.post("/v1/chat/shorts/generate", response_model=ChatImageResponse)
@@ -34,7 +38,7 @@ async def chat_shorts(
 ) -> ChatImageResponse:
     """Shorts image: moderated expansion, image, caption."""
     job = await flows.prepare_chat_image("shorts", req)
-    return await run_admitted(request, queues["shorts"], lambda: flows.chat_image(job))
+    return await run_admitted(request, queues["shorts"], lambda: flows.chat_image(job), weight=req.n)
 
 
 @router.post("/v1/chat/scenes/generate", response_model=ChatImageResponse)
@@ -43,7 +47,7 @@ async def chat_scenes(
 ) -> ChatImageResponse:
     """Scenes image: moderated expansion, image, caption."""
     job = await flows.prepare_chat_image("scenes", req)
-    return await run_admitted(request, queues["scenes"], lambda: flows.chat_image(job))
+    return await run_admitted(request, queues["scenes"], lambda: flows.chat_image(job), weight=req.n)
 
 
 @router.post("/v1/chat/private/imagegen", response_model=ImageGenResponse)
@@ -52,7 +56,7 @@ async def private_image(
 ) -> ImageGenResponse:
     """Private chat image straight from the prompt: hard block only, no LLM."""
     job = await flows.prepare_private_image(req)
-    return await run_admitted(request, queues["private"], lambda: flows.text_image(job))
+    return await run_admitted(request, queues["private"], lambda: flows.text_image(job), weight=req.n)
 
 
 @router.post("/v1/chat/1to1/reply", response_model=ReplyResponse)
@@ -77,4 +81,4 @@ async def general_image(
 ) -> ImageGenResponse:
     """General text to image: soft-blocked prompts get safety constraints appended."""
     job = await flows.prepare_general_image(req)
-    return await run_admitted(request, queues["text2img"], lambda: flows.text_image(job))
+    return await run_admitted(request, queues["text2img"], lambda: flows.text_image(job), weight=req.n)
