@@ -129,10 +129,22 @@ def truncate_words(text: str, max_words: int) -> str:
     return " ".join(kept).rstrip(",;:-–— ")
 
 
-def truncate_chars(text: str, max_chars: int) -> str:
-    """Cut at a word boundary at or before ``max_chars``."""
-    if len(text) <= max_chars:
-        return text
-    cut = text[:max_chars]
-    space = cut.rfind(" ")
-    return (cut[:space] if space > max_chars // 2 else cut).rstrip(",;:-–— ")
+# A phrase ends at a comma, semicolon or sentence end followed by a space: where a prompt may be cut and still
+# read as whole phrases. Spaces are the fallback inside one over-long phrase.
+_PHRASE_END = re.compile(r"[,;.!?](?=\s)")
+
+
+def phrase_cuts(text: str) -> list[int]:
+    """Offsets where ``text`` may be cut so that ``text[:cut]`` ends with whole phrases, in order."""
+    return [m.start() for m in _PHRASE_END.finditer(text)]
+
+
+def word_cuts(text: str) -> list[int]:
+    """Offsets where ``text`` may be cut between words, in order: the fallback when one phrase is too long."""
+    return [m.start() for m in _WS.finditer(text)]
+
+
+def drop_unfinished_phrase(text: str) -> str:
+    """``text`` without the phrase a generation cap stopped half-way (when an earlier boundary exists)."""
+    cuts = phrase_cuts(text)
+    return text[: cuts[-1]] if cuts else text

@@ -1,8 +1,10 @@
 """The LLM service's behaviour: expand, caption and reply on top of one ``ChatBackend``.
 
-Why the persona and the safety clause are added here and not left to the model: a model (a random tiny one
-in tests, a 7B one in production) can drop or rewrite them. The final prompt is composed by
-``prompts.compose_expanded_prompt``, so they hold whatever the model wrote.
+Why the persona, the style phrase and the safety clause are added here and not left to the model: a model
+(a random tiny one in tests, a 7B one in production) can drop or rewrite them. The final prompt is composed
+by ``prompts.compose_expanded_prompt``, so they hold whatever the model wrote, and fitted into the image
+model's token budget by ``token_budget.py``, which cuts only the scene, at a phrase boundary, and the
+response says so (``trimmed``, ``prompt_tokens``).
 
 Errors that allow the labelled template fallback (when ``template_fallback`` is on): the model is not
 loaded or unreachable (``ModelUnavailable``), it did not answer in time (``UpstreamTimeout``), or its text
@@ -23,7 +25,13 @@ from collections.abc import Sequence
 from typing import Literal
 
 from services.llm_service.backends import ChatMessage, ChatResult, make_backend
-from services.llm_service.cleaning import clean_output, judge, truncate_words, word_count
+from services.llm_service.cleaning import (
+    clean_output,
+    drop_unfinished_phrase,
+    judge,
+    truncate_words,
+    word_count,
+)
 from services.llm_service.guard import Guard
 from services.llm_service.history import bound_history
 from services.llm_service.prompts import (
@@ -40,6 +48,7 @@ from services.llm_service.safety import is_caption_safe, redact_explicit
 from services.llm_service.settings import LlmSettings
 from services.llm_service.shortening import keeps_intent, keyword_shorten
 from services.llm_service.templates import template_caption, template_scene
+from services.llm_service.token_budget import Fitted, PromptBudget
 from shared.errors import (
     ImgPodError,
     ModelUnavailable,
@@ -58,7 +67,7 @@ from shared.models import (
     ReplyRequest,
     ReplyResponse,
 )
-from shared.policy import decide_off_loop, evaluate_private_chat
+from shared.policy import SAFETY_SUFFIX, decide_off_loop, evaluate_private_chat
 from shared.public_names import public_model_id
 from shared.reply_templates import checked_template_reply
 from shared.timings import StageTimer
@@ -94,13 +103,31 @@ class LlmEngine:
             "imgpod_llm_shortened_total", "Long messages shortened before expansion", ("by",)
         )
         self._ready = metrics.gauge("imgpod_llm_model_ready", "1 when the model is loaded")
+        self._trimmed = metrics.counter(
+            "imgpod_llm_expansion_trimmed_total",
+            "Expansions cut at a phrase boundary, by what forced it: tokens, chars, generation_cap",
+            ("kind", "cause"),
+        )
+        self._prompt_tokens = metrics.histogram(
+            "imgpod_llm_expansion_prompt_tokens",
+            "Tokens of the final expanded prompt as the image model's text encoder reads it",
+            ("kind",),
+            buckets=(64, 128, 192, 256, 320, 384, 448, 512, 640),
+        )
+        # The interface may append the safety suffix to the prompt and forwards it to a route that takes at
+        # most MAX_PROMPT_CHARS: leave it that room.
+        self.budget = PromptBudget(
+            token_limit=settings.image_prompt_token_limit, max_chars=MAX_PROMPT_CHARS - len(SAFETY_SUFFIX)
+        )
 
     # --- lifecycle -------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load the model, then the guard; failures are recorded. One after the other: two threads importing
-        transformers' lazy modules at once can fail ("cannot import name AutoModelForCausalLM")."""
+        """Load the model, the prompt budget's tokenizer, then the guard; failures are recorded. One after the
+        other: two threads importing transformers' lazy modules at once can fail ("cannot import name
+        AutoModelForCausalLM")."""
         await self._start_model()
+        await self.budget.start(self.settings.tokenizer_id or self.settings.model_id)
         await self.guard.start()
 
     async def _start_model(self) -> None:
@@ -122,6 +149,7 @@ class LlmEngine:
 
     async def stop(self) -> None:
         self._ready.set(0)
+        self.budget.stop()
         await asyncio.gather(self.backend.stop(), self.guard.stop())
 
     async def health(self) -> tuple[State, str | None]:
@@ -215,6 +243,7 @@ class LlmEngine:
         too_long = word_count(req.message) > limit
         shortened: str | None = None
         shortened_by: Literal["model", "truncation"] | None = None
+        capped = False
         try:
             self.require_ready()
             budget = self.settings.history_token_budget
@@ -222,9 +251,16 @@ class LlmEngine:
             if too_long:
                 shortened, shortened_by = await self._shorten(req.message)
                 clock.lap("shorten")
-            messages = build_expand_messages(kind, shortened or req.message, history, req.persona)
+            messages = build_expand_messages(
+                kind,
+                shortened or req.message,
+                history,
+                req.persona,
+                words=self.settings.expand_words(kind),
+                style=req.style,
+            )
             result = await self.generate(
-                route, messages, max_tokens=self.settings.expand_max_new_tokens, seed=self._seed()
+                route, messages, max_tokens=self.settings.expand_max_tokens(kind), seed=self._seed()
             )
             clock.lap("generate")
             scene = clean_output(result.text)
@@ -233,6 +269,10 @@ class LlmEngine:
                 raise UnusableModelOutput(
                     f"the model's image prompt was unusable: {verdict.reason}", stage="llm"
                 )
+            if result.finish_reason == "length":
+                # The cap stopped it mid-phrase: a half phrase ("wearing a red") is worse than none.
+                whole = drop_unfinished_phrase(scene)
+                capped, scene = whole != scene, whole
             source: Literal["model", "template"] = "model"
             model = self.public_model
             self._outcomes.labels(route, "model").inc()
@@ -240,21 +280,39 @@ class LlmEngine:
             self._fallback_or_raise(route, exc)
             if too_long and shortened is None:
                 shortened, shortened_by = keyword_shorten(req.message, limit), "truncation"
-            scene = template_scene(kind, shortened or req.message, max_words=limit)
+            scene = template_scene(kind, shortened or req.message, max_words=limit, style=req.style)
             source, model = "template", TEMPLATE_MODEL
             clock.lap("template")
         descriptor = character_descriptor(req.persona)
         if kind in MODERATED_KINDS:
             scene, descriptor = redact_explicit(scene), redact_explicit(descriptor)
-        prompt = compose_expanded_prompt(kind, descriptor, scene, max_chars=MAX_PROMPT_CHARS)
+        fitted = await self._fit_prompt(kind, descriptor, scene, req.style)
+        trimmed = capped or fitted.cut_for is not None
+        if trimmed:
+            cause = fitted.cut_for or "generation_cap"
+            self._trimmed.labels(kind, cause).inc()
+            log.info("expansion trimmed", extra={"kind": kind, "cause": cause, "tokens": fitted.tokens})
+        if fitted.tokens is not None:
+            self._prompt_tokens.labels(kind).observe(fitted.tokens)
         return ExpandResponse(
-            prompt=prompt,
+            prompt=fitted.prompt,
             source=source,
             model=model,
             shortened_message=shortened,
             shortened_by=shortened_by,
+            prompt_tokens=fitted.tokens,
+            trimmed=trimmed,
             timings_ms=clock.done(),
         )
+
+    async def _fit_prompt(self, kind: ExpandKind, descriptor: str, scene: str, style: str | None) -> Fitted:
+        """The composed prompt within the image model's token budget (token_budget.py); characters only
+        when its tokenizer could not be loaded (the model's files are missing)."""
+
+        def compose(part: str) -> str:
+            return compose_expanded_prompt(kind, descriptor, part, style=style)
+
+        return await self.budget.fit(scene, compose)
 
     # --- caption ----------------------------------------------------------------------------------------
 

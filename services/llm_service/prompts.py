@@ -6,28 +6,39 @@ check the builders directly (moderation rules for shorts/scenes only, persona tr
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from services.llm_service.backends.base import ChatMessage
-from services.llm_service.cleaning import truncate_chars
 from shared.models import ChatTurn, Features
 from shared.persona import describe_persona, persona_notes
 from shared.roles import CHAT_KIND_ROLE, ChatKind, chat_policy
+from shared.styles import style_phrase
 
 ExpandKind = ChatKind
 # Which expansions get coverage rules and the safety clause: declared per role in shared/roles.py.
 MODERATED_KINDS: frozenset[str] = frozenset(k for k in CHAT_KIND_ROLE if chat_policy(k).moderated_expansion)
 
+_EMPTY_PHRASES = re.compile(r"\s*,(?:\s*,)+")
+
+# {words}: the kind's target (LLM_EXPAND_WORDS_*). The image model reads up to 512 tokens, far beyond
+# CLIP's 77, so a rich description is used, not cut; the service still bounds it (token_budget.py).
 EXPAND_SYSTEM = (
     "You write prompts for a text-to-image model. From the chat below, describe the ONE picture the user "
-    "wants now: setting, action, pose, clothing, lighting, camera framing and mood. Write a single paragraph "
-    "of comma-separated visual phrases, at most 70 words, in English. No preamble, no quotes, no lists, no "
-    "explanations. The character's appearance is fixed and given below: keep every trait exactly as given "
-    "(hair colour and style, eye colour, skin tone, age range, gender presentation, facial hair, glasses, "
-    "accessories) and never contradict or change them."
+    "wants now: setting, action, pose, clothing, lighting, camera framing and mood, with concrete detail "
+    "about materials, colours, background and light. Write a single paragraph of comma-separated visual "
+    "phrases, about {words} words, in English. No preamble, no quotes, no lists, no explanations. The "
+    "character's appearance is fixed and given below: keep every trait exactly as given (hair colour and "
+    "style, eye colour, skin tone, age range, gender presentation, facial hair, glasses, accessories) and "
+    "never contradict or change them."
 )
 
-KIND_STYLE: dict[str, str] = {
+# The service appends the phrase itself (compose_expanded_prompt), so the style survives any model output;
+# telling the model lets it describe light, colour and rendering to match instead of contradicting it.
+STYLE_INSTRUCTION = "Render the whole picture in this visual style, and describe it to match: {phrase}."
+
+# How each kind frames its picture (not a style preset: those are shared/styles.py).
+KIND_FRAMING: dict[str, str] = {
     "1to1": "The picture is a personal photo shared in a private one-to-one chat.",
     "shorts": "The picture is a vertical frame for a short video feed: dynamic, eye-catching composition.",
     "scenes": "The picture is a wide cinematic scene with a clear setting around the character.",
@@ -70,15 +81,23 @@ def _history_block(history: Sequence[ChatTurn]) -> str:
     return "\n".join(f"{turn.role}: {turn.content}" for turn in history)
 
 
-def expand_system_prompt(kind: ExpandKind) -> str:
-    parts = [EXPAND_SYSTEM, KIND_STYLE[kind]]
+def expand_system_prompt(kind: ExpandKind, *, words: int, style: str | None = None) -> str:
+    parts = [EXPAND_SYSTEM.format(words=words), KIND_FRAMING[kind]]
+    if phrase := style_phrase(style):
+        parts.append(STYLE_INSTRUCTION.format(phrase=phrase))
     if kind in MODERATED_KINDS:
         parts.append(MODERATION_RULES)
     return "\n\n".join(parts)
 
 
 def build_expand_messages(
-    kind: ExpandKind, message: str, history: Sequence[ChatTurn], persona: Features | None
+    kind: ExpandKind,
+    message: str,
+    history: Sequence[ChatTurn],
+    persona: Features | None,
+    *,
+    words: int,
+    style: str | None = None,
 ) -> list[ChatMessage]:
     descriptor = character_descriptor(persona)
     sections = []
@@ -90,7 +109,7 @@ def build_expand_messages(
         sections.append(f"Character notes: {notes}")
     sections.append("Write the image prompt now.")
     return [
-        {"role": "system", "content": expand_system_prompt(kind)},
+        {"role": "system", "content": expand_system_prompt(kind, words=words, style=style)},
         {"role": "user", "content": "\n\n".join(sections)},
     ]
 
@@ -130,14 +149,25 @@ def build_reply_messages(persona: Features, message: str, history: Sequence[Chat
     return messages
 
 
-def compose_expanded_prompt(kind: ExpandKind, descriptor: str, scene: str, *, max_chars: int) -> str:
-    """Final prompt = fixed character descriptor + the scene + (moderated kinds) the safety clause.
+def compose_expanded_prompt(
+    kind: ExpandKind, descriptor: str, scene: str, *, style: str | None = None
+) -> str:
+    """Final prompt = fixed character descriptor + the scene + the style phrase + (moderated kinds) the
+    safety clause.
 
-    Built here, not left to the model, so the persona and the safety clause survive any model output.
+    Built here, not left to the model, so the persona, the style and the safety clause survive any model
+    output. Nothing is cut here: fitting the budget is token_budget.py's, and it trims the scene only.
     """
-    tail = f" {SAFETY_CLAUSE}" if kind in MODERATED_KINDS else ""
-    head = f"{descriptor[0].upper()}{descriptor[1:]}. " if descriptor else ""
-    room = max_chars - len(head) - len(tail) - 1
-    scene = truncate_chars(scene.strip().rstrip("."), max(room, 0))
-    body = f"{head}{scene}." if scene else head.rstrip()
-    return f"{body}{tail}".strip()
+    phrase = style_phrase(style)
+    head = f"{descriptor[0].upper()}{descriptor[1:]}." if descriptor else ""
+    body = ", ".join(part for part in (scene_without_style(scene, phrase), phrase) if part)
+    tail = SAFETY_CLAUSE if kind in MODERATED_KINDS else ""
+    return " ".join(part for part in (head, f"{body}." if body else "", tail) if part)
+
+
+def scene_without_style(scene: str, phrase: str | None) -> str:
+    """The scene as a bare phrase list: no verbatim copy of the style phrase (it is appended once, at the
+    end), no trailing full stop or separator."""
+    if phrase:
+        scene = _EMPTY_PHRASES.sub(",", re.sub(re.escape(phrase), ",", scene, flags=re.IGNORECASE))
+    return scene.strip().strip(",;:.").strip()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar, Literal
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from shared.roles import ChatKind
 from shared.settings import ServiceSettings
 
 Backend = Literal["transformers", "vllm"]
@@ -23,7 +25,8 @@ class LlmSettings(ServiceSettings):
     # The name response bodies and /healthz give the model (like vLLM's --served-model-name). Unset: model_id
     # when it is a hub id, its last path component when it is a local path, so no body shows the pod's disk.
     served_model_name: str | None = None
-    # The tokenizer that counts history tokens for the vllm backend; defaults to model_id.
+    # The tokenizer that counts history tokens for the vllm backend, and the expansion's prompt tokens for the
+    # image model's budget (both backends); defaults to model_id.
     tokenizer_id: str | None = None
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -36,8 +39,28 @@ class LlmSettings(ServiceSettings):
     request_timeout_s: float = Field(60.0, gt=0)
     health_timeout_s: float = Field(2.0, gt=0)
 
+    # Expansion length per chat kind, in words: the system prompt asks for about this many. 1:1 waits on the
+    # expansion before any pixel exists, so it is shorter; scenes are not latency-bound. The spec asks for
+    # 100-200 words; python -m bench.bench_expansion_length prints what each word costs per GPU
+    # (DEPLOYMENT.md, "Prompt length").
+    expand_words_1to1: int = Field(100, ge=10, le=400)
+    expand_words_shorts: int = Field(150, ge=10, le=400)
+    expand_words_scenes: int = Field(200, ge=10, le=400)
+    # Tokens per word of expansions on the Qwen BPE (Qwen2.5 and Z-Image's Qwen3 share it): 1.23 measured by
+    # the bench above (1.17-1.29 per sample), rounded up. The expansion's max_tokens is
+    # words x (1 + margin) x this.
+    expand_tokens_per_word: float = Field(1.25, gt=0.5, le=4.0)
+    # Room over the target before the generation is stopped: models overshoot a word count. A stopped
+    # generation loses its unfinished last phrase, and the response says so (trimmed).
+    expand_length_margin: float = Field(0.3, ge=0.0, le=2.0)
+    # A hard cap on the expansion's new tokens over the derived one (tiny-model tests); unset in production.
+    expand_max_new_tokens: int | None = Field(None, ge=8, le=2048)
+    # The image model's text-encoder limit in tokens (IMAGE_MAX_SEQUENCE_LENGTH; Z-Image reads 512). A final
+    # prompt, with the encoder's chat wrapper and the safety suffix the interface may append, stays within it:
+    # an expansion over it is cut at a phrase boundary and reported (trimmed, prompt_tokens), never silently.
+    image_prompt_token_limit: int = Field(512, ge=64, le=4096)
+
     # Generation length caps per route, in tokens.
-    expand_max_new_tokens: int = Field(160, ge=8, le=2048)
     shorten_max_new_tokens: int = Field(64, ge=8, le=1024)
     caption_max_new_tokens: int = Field(40, ge=8, le=512)
     reply_max_new_tokens: int = Field(200, ge=8, le=2048)
@@ -70,6 +93,21 @@ class LlmSettings(ServiceSettings):
     guard_max_new_tokens: int = Field(48, ge=4, le=256)
     # Captions and replies are checked by the guard (kind="response") before they leave the service.
     guard_outputs: bool = True
+
+    def expand_words(self, kind: ChatKind) -> int:
+        words: dict[ChatKind, int] = {
+            "1to1": self.expand_words_1to1,
+            "shorts": self.expand_words_shorts,
+            "scenes": self.expand_words_scenes,
+        }
+        return words[kind]
+
+    def expand_max_tokens(self, kind: ChatKind) -> int:
+        """The expansion's generation cap, derived from the kind's word target (never a separate number)."""
+        words = self.expand_words(kind) * (1 + self.expand_length_margin)
+        derived = math.ceil(words * self.expand_tokens_per_word)
+        cap = self.expand_max_new_tokens
+        return derived if cap is None else min(derived, cap)
 
     @field_validator("vllm_base_url", "guard_vllm_base_url")
     @classmethod

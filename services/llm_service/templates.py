@@ -10,6 +10,7 @@ import hashlib
 from services.llm_service.prompts import MODERATED_KINDS, ExpandKind
 from services.llm_service.safety import redact_explicit
 from services.llm_service.shortening import keyword_shorten
+from shared.styles import style_phrase
 
 TEMPLATE_SCENE_TAIL = "natural light, detailed, high quality photo"
 
@@ -22,11 +23,14 @@ TEMPLATE_CAPTIONS = (
 )
 
 
-def template_scene(kind: ExpandKind, message: str, *, max_words: int) -> str:
+def template_scene(kind: ExpandKind, message: str, *, max_words: int, style: str | None = None) -> str:
+    """The user's own keywords plus a generic tail, or the style preset's phrase in its place: the generic
+    tail says "photo", which would contradict an anime or watercolour preset."""
     scene = keyword_shorten(message, max_words)
     if kind in MODERATED_KINDS:
         scene = redact_explicit(scene)
-    return f"{scene}, {TEMPLATE_SCENE_TAIL}" if scene else TEMPLATE_SCENE_TAIL
+    tail = style_phrase(style) or TEMPLATE_SCENE_TAIL
+    return f"{scene}, {tail}" if scene else tail
 
 
 def template_caption(prompt: str) -> str:

@@ -8,15 +8,23 @@ traits, safety clause, word counts or 502), not the content.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from transformers import AutoTokenizer
 
-from devtools.service_process import ServiceProcess, free_port
-from services.llm_service.cleaning import word_count
+from devtools.service_process import ServiceProcess, all_running, free_port
+from services.llm_service.cleaning import phrase_cuts, word_count
 from services.llm_service.prompts import SAFETY_CLAUSE
+from services.llm_service.token_budget import ENCODER_CLOSE, ENCODER_OPEN
+from shared.models import Features
+from shared.policy import SAFETY_SUFFIX
+from shared.reply_templates import template_reply
+from shared.styles import STYLE_PHRASES
 
 pytestmark = pytest.mark.integration
 
@@ -201,6 +209,26 @@ def test_expand_carries_persona_and_moderation(
     else:
         assert prompt.endswith(SAFETY_CLAUSE)
     assert "<|im_end|>" not in prompt and "\n" not in prompt
+    # Counted with the model's own tokenizer, inside the image encoder's chat wrapper, as the worker counts.
+    assert body["prompt_tokens"] == encoder_tokens(tiny_models, prompt) and isinstance(body["trimmed"], bool)
+
+
+def encoder_tokens(models: dict[str, Path], prompt: str) -> int:
+    tokenizer = AutoTokenizer.from_pretrained(models["qwen_lm"])
+    return len(tokenizer.encode(ENCODER_OPEN + prompt + ENCODER_CLOSE, add_special_tokens=False))
+
+
+@pytest.mark.parametrize("style", ["anime", "film"])
+def test_expand_style_ends_the_prompt(llm: tuple[str, dict[str, str]], style: str) -> None:
+    resp = post(llm, "/v1/chat/scenes/expand", {"message": "a walk on the beach", "style": style})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["prompt"].endswith(f"{STYLE_PHRASES[style]}. {SAFETY_CLAUSE}")
+
+
+def test_expand_unknown_style_is_422(llm: tuple[str, dict[str, str]]) -> None:
+    body = {"message": "a walk on the beach", "style": "oil-painting"}
+    detail = assert_error(post(llm, "/v1/chat/1to1/expand", body), 422, "validation_error")["detail"]
+    assert "style" in detail and len(detail) < 500
 
 
 def test_long_message_is_shortened_before_expansion(llm: tuple[str, dict[str, str]]) -> None:
@@ -351,13 +379,16 @@ def test_missing_model_with_template_fallback_answers_labelled_templates(cluster
     body = resp.json()
     assert body["source"] == "template" and body["model"] == "template"
     assert body["shortened_by"] == "truncation" and word_count(body["shortened_message"]) <= 25
+    # No model, no tokenizer: the count is absent, not guessed.
+    assert body["prompt_tokens"] is None and body["trimmed"] is False
     assert all(trait in body["prompt"] for trait in TRAITS) and body["prompt"].endswith(SAFETY_CLAUSE)
     caption = post(auth, "/v1/chat/1to1/caption", {"prompt": "a fox"}).json()
     assert caption["source"] == "template" and 10 <= caption["word_count"] <= 15
-    # No template for conversation: a canned reply would pretend to be the character.
-    assert_error(
-        post(auth, "/v1/chat/1to1/reply", {"message": "hi", "persona": PERSONA}), 503, "model_unavailable"
-    )
+    # A reply is a labelled in-character template too (shared/reply_templates.py), never the model's words.
+    reply = post(auth, "/v1/chat/1to1/reply", {"message": "hi", "persona": PERSONA})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["source"] == "template" and reply.json()["model"] == "template"
+    assert reply.json()["reply"] == template_reply("hi", Features(**PERSONA))
 
 
 def test_unreachable_vllm_is_503(cluster: Cluster) -> None:
@@ -368,3 +399,112 @@ def test_unreachable_vllm_is_503(cluster: Cluster) -> None:
         (svc.url, {"Authorization": f"Bearer {TOKEN_B}"}), "/v1/chat/1to1/expand", {"message": "a fox"}
     )
     assert "unavailable" in assert_error(resp, 503, "model_unavailable")["detail"]
+
+
+# --- the token budget over HTTP, with text a random model cannot be made to write ------------------------
+
+# A long expansion (~130 words of distinct comma-separated phrases): far over the budget below.
+LONG_EXPANSION = ", ".join(
+    [
+        "golden light on calm water",
+        "a wooden pier with old ropes",
+        "gulls circling over the harbour",
+        "fishing boats painted blue and red",
+        "a lighthouse on the far cliff",
+        "waves breaking on dark rocks",
+        "wet sand shining like glass",
+        "a striped towel and a straw bag",
+        "children flying a yellow kite",
+        "a dog chasing the foam",
+        "clouds glowing pink and violet",
+        "a cafe terrace with string lights",
+        "linen shirts moving in the breeze",
+        "a bicycle leaning on a railing",
+        "shells scattered near dunes",
+        "tall grass bending in the wind",
+        "a sailboat far on the horizon",
+        "warm rim light on the hair",
+        "soft shadows stretching inland",
+        "wide cinematic framing",
+        "shallow depth of field",
+        "a calm and happy mood",
+        "fine film grain",
+        "rich natural colours",
+        "a quiet evening atmosphere",
+    ]
+)
+TRIM_LIMIT = 160
+
+
+@pytest.fixture(scope="module")
+def scripted_stack(tiny_models: dict[str, Path]) -> Iterator[dict[str, ServiceProcess]]:
+    """The LLM service's vLLM client in front of a scripted vLLM (tests/helpers/scripted_llm.py) that
+    answers LONG_EXPANSION: the real service, tokenizer and budget, with a model output chosen on purpose."""
+    model = str(tiny_models["qwen_lm"])
+    scripted = ServiceProcess("tests.helpers.scripted_llm", env={"SCRIPTED_MODELS": model})
+    llm = ServiceProcess(
+        "services.llm_service.main",
+        env=_env(
+            tiny_models,
+            LLM_BACKEND="vllm",
+            LLM_VLLM_BASE_URL=scripted.url,
+            LLM_INTERNAL_TOKEN=TOKEN_B,
+            LLM_IMAGE_PROMPT_TOKEN_LIMIT=str(TRIM_LIMIT),
+        ),
+    )
+    with all_running([scripted, llm]):
+        httpx.post(scripted.url + "/script", json={"chat_text": LONG_EXPANSION}).raise_for_status()
+        yield {"scripted": scripted, "llm": llm}
+
+
+def trimmed_total(url: str) -> float:
+    text = httpx.get(url + "/metrics", headers={"Authorization": f"Bearer {TOKEN_B}"}, timeout=TIMEOUT).text
+    line = 'imgpod_llm_expansion_trimmed_total{cause="tokens",kind="shorts"} '
+    return sum(float(row.removeprefix(line)) for row in text.splitlines() if row.startswith(line))
+
+
+def assert_trimmed_at_a_comma(body: dict[str, Any], models: dict[str, Path]) -> None:
+    prompt = body["prompt"]
+    assert body["trimmed"] is True and body["source"] == "model"
+    assert body["prompt_tokens"] == encoder_tokens(models, prompt)
+    # Room is left for the suffix the interface may append; the cut is at a phrase boundary, never mid-phrase.
+    tokenizer = AutoTokenizer.from_pretrained(models["qwen_lm"])
+    reserve = len(tokenizer.encode(SAFETY_SUFFIX, add_special_tokens=False))
+    assert body["prompt_tokens"] + reserve <= TRIM_LIMIT
+    assert all(trait in prompt for trait in TRAITS) and prompt.endswith(SAFETY_CLAUSE)
+    scene = prompt.split(". ", 1)[1].removesuffix(f". {SAFETY_CLAUSE}")
+    assert scene and any(LONG_EXPANSION[:cut] == scene for cut in phrase_cuts(LONG_EXPANSION))
+
+
+def test_expansion_over_the_token_budget_is_trimmed_at_a_comma_and_reported(
+    scripted_stack: dict[str, ServiceProcess], tiny_models: dict[str, Path]
+) -> None:
+    url = scripted_stack["llm"].url
+    before = trimmed_total(url)
+    resp = post((url, {"Authorization": f"Bearer {TOKEN_B}"}), "/v1/chat/shorts/expand",
+                {"message": "a walk on the beach", "persona": PERSONA})  # fmt: skip
+    assert resp.status_code == 200, resp.text
+    assert_trimmed_at_a_comma(resp.json(), tiny_models)
+    assert trimmed_total(url) == before + 1
+
+
+def test_overlapping_expansions_are_all_trimmed_alike(
+    scripted_stack: dict[str, ServiceProcess], tiny_models: dict[str, Path]
+) -> None:
+    """The count tokenizer is shared by every request on the loop: overlapping ones must all count right."""
+    url = scripted_stack["llm"].url
+    before = trimmed_total(url)
+
+    async def burst() -> list[httpx.Response]:
+        headers = {"Authorization": f"Bearer {TOKEN_B}"}
+        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=TIMEOUT) as client:
+            body = {"message": "a walk on the beach", "persona": PERSONA}
+            return await asyncio.gather(*(client.post("/v1/chat/shorts/expand", json=body) for _ in range(8)))
+
+    responses = asyncio.run(burst())
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
+    bodies = [r.json() for r in responses]
+    for body in bodies:
+        assert_trimmed_at_a_comma(body, tiny_models)
+    assert len({(b["prompt"], b["prompt_tokens"]) for b in bodies}) == 1
+    assert trimmed_total(url) == before + 8

@@ -8,10 +8,12 @@ from hypothesis import strategies as st
 
 from services.llm_service.cleaning import (
     clean_output,
+    drop_unfinished_phrase,
     judge,
-    truncate_chars,
+    phrase_cuts,
     truncate_words,
     word_count,
+    word_cuts,
 )
 
 
@@ -114,6 +116,23 @@ def test_truncate_words() -> None:
     assert truncate_words(text, 50) == text
 
 
-def test_truncate_chars_cuts_at_word_boundary() -> None:
-    assert truncate_chars("alpha beta gamma delta", 12) == "alpha beta"
-    assert truncate_chars("short", 12) == "short"
+def test_phrase_cuts_fall_on_separators_followed_by_a_space() -> None:
+    text = "a fox in snow, at dusk; soft light. 3.5 mm lens, f/1.8"
+    assert [text[:c] for c in phrase_cuts(text)] == [
+        "a fox in snow",
+        "a fox in snow, at dusk",
+        "a fox in snow, at dusk; soft light",
+        "a fox in snow, at dusk; soft light. 3.5 mm lens",
+    ]
+    assert [text[:c] for c in word_cuts("a fox  in")] == ["a", "a fox"]
+
+
+@given(st.text(alphabet="ab ,;.", max_size=60))
+def test_every_phrase_cut_ends_before_a_separator(text: str) -> None:
+    for cut in phrase_cuts(text):
+        assert text[cut] in ",;.!?" and text[cut + 1].isspace()
+
+
+def test_drop_unfinished_phrase() -> None:
+    assert drop_unfinished_phrase("a fox in snow, at dusk, wearing a red") == "a fox in snow, at dusk"
+    assert drop_unfinished_phrase("a fox in snow wearing a red") == "a fox in snow wearing a red"

@@ -7,17 +7,23 @@ in tests/integration/test_llm_service.py. A script lets us hit each branch on pu
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Sequence
 
 import pytest
+from pydantic import ValidationError
 
 from services.llm_service.backends import ChatMessage, ChatResult
 from services.llm_service.engine import LlmEngine
-from services.llm_service.prompts import SAFETY_CLAUSE
+from services.llm_service.prompts import SAFETY_CLAUSE, compose_expanded_prompt
 from services.llm_service.settings import LlmSettings
+from services.llm_service.token_budget import ENCODER_CLOSE, ENCODER_OPEN
 from shared.errors import ModelUnavailable, UnusableModelOutput
 from shared.metrics import ServiceMetrics
-from shared.models import CaptionRequest, ExpandRequest, Features, ReplyRequest
+from shared.models import MAX_PROMPT_CHARS, CaptionRequest, ExpandRequest, Features, ReplyRequest
+from shared.persona import describe_persona
+from shared.policy import SAFETY_SUFFIX
+from shared.styles import STYLE_PHRASES
 
 GOOD_CAPTION = "A quiet walk along the beach at sunset with the waves rolling in"  # 13 words
 
@@ -28,9 +34,10 @@ class ScriptedBackend:
     device = "cpu"
     dtype = "float32"
 
-    def __init__(self, answers: Sequence[str | Exception]) -> None:
+    def __init__(self, answers: Sequence[str | tuple[str, str] | Exception]) -> None:
         self.answers = list(answers)
         self.calls: list[list[ChatMessage]] = []
+        self.kwargs: list[dict[str, object]] = []
 
     async def start(self) -> None: ...
 
@@ -40,24 +47,33 @@ class ScriptedBackend:
         return None
 
     def count_tokens(self, text: str) -> int:
+        # One token per whitespace-separated piece: crude, but a real counter's contract (text -> int).
         return len(text.split())
 
-    async def chat(self, messages: Sequence[ChatMessage], **_: object) -> ChatResult:
+    async def chat(self, messages: Sequence[ChatMessage], **kwargs: object) -> ChatResult:
         self.calls.append(list(messages))
+        self.kwargs.append(kwargs)
         answer = self.answers.pop(0)
         if isinstance(answer, Exception):
             raise answer
-        return ChatResult(answer, "scripted", 10, 10, "stop")
+        text, finish = answer if isinstance(answer, tuple) else (answer, "stop")
+        return ChatResult(text, "scripted", 10, 10, finish)  # type: ignore[arg-type]
 
 
-def make_engine(answers: Sequence[str | Exception], **overrides: object) -> tuple[LlmEngine, ScriptedBackend]:
+def make_engine(
+    answers: Sequence[str | tuple[str, str] | Exception],
+    metrics: ServiceMetrics | None = None,
+    **overrides: object,
+) -> tuple[LlmEngine, ScriptedBackend]:
     # The guard on outputs is tested over HTTP (tests/integration/test_guard.py); off here.
     settings = LlmSettings(
         **{"backend": "transformers", "model_id": "scripted", "guard_backend": "off", **overrides}
     )
-    engine = LlmEngine(settings, ServiceMetrics("test"))
+    engine = LlmEngine(settings, metrics or ServiceMetrics("test"))
     backend = ScriptedBackend(answers)
     engine.backend = backend  # type: ignore[assignment]
+    # What start() loads from the model's tokenizer files; the scripted counter stands in for it.
+    engine.budget.count = backend.count_tokens
     engine.state = "ok"
     return engine, backend
 
@@ -134,3 +150,133 @@ def test_reply_junk_is_502() -> None:
     engine, _ = make_engine(["<|im_start|>assistant\n<|im_end|>"])
     with pytest.raises(UnusableModelOutput):
         run(engine.reply(ReplyRequest(message="hi", persona=Features())))
+
+
+# --- expansion length, token budget, style --------------------------------------------------------------
+
+
+def distinct_words(n: int) -> list[str]:
+    """Letters-only words, all different: a long scene the junk judge takes as real (no repetition)."""
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    return ["w" + letters[i // 676] + letters[i // 26 % 26] + letters[i % 26] for i in range(n)]
+
+
+WORDS = distinct_words(2000)
+PHRASES = [" ".join(WORDS[3 * i : 3 * i + 3]) for i in range(40)]  # 3 "tokens" each for the scripted counter
+LONG_SCENE = ", ".join(PHRASES)
+PERSONA = Features(hair_color="red", eye_color="green")
+DESCRIPTOR = f"The same character: {describe_persona(PERSONA)}"
+
+
+def encoder_tokens(backend: ScriptedBackend, prompt: str) -> int:
+    return backend.count_tokens(ENCODER_OPEN + prompt + ENCODER_CLOSE)
+
+
+def trimmed_count(metrics: ServiceMetrics, kind: str, cause: str) -> float:
+    text = metrics.render()[0].decode()
+    line = f'imgpod_llm_expansion_trimmed_total{{cause="{cause}",kind="{kind}"}} '
+    return sum(float(row.removeprefix(line)) for row in text.splitlines() if row.startswith(line))
+
+
+@pytest.mark.parametrize("kind", ["1to1", "shorts", "scenes"])
+def test_each_kinds_words_reach_its_system_prompt_and_max_tokens(kind: str) -> None:
+    words = {"1to1": 80, "shorts": 130, "scenes": 190}
+    engine, backend = make_engine(
+        ["a fox in the snow, at dusk"],
+        expand_words_1to1=80,
+        expand_words_shorts=130,
+        expand_words_scenes=190,
+    )
+    run(engine.expand(kind, ExpandRequest(message="a fox")))  # type: ignore[arg-type]
+    assert f"about {words[kind]} words" in backend.calls[0][0]["content"]
+    # max_tokens = words x (1 + margin) x tokens per word: derived, never a separate number.
+    assert backend.kwargs[0]["max_tokens"] == math.ceil(words[kind] * 1.3 * 1.25)
+
+
+def test_a_fitting_expansion_is_whole_and_counted() -> None:
+    engine, backend = make_engine(["a fox in the snow, at dusk"])
+    resp = run(engine.expand("scenes", ExpandRequest(message="a fox", persona=PERSONA)))
+    assert resp.prompt == f"{DESCRIPTOR}. a fox in the snow, at dusk. {SAFETY_CLAUSE}"
+    assert resp.trimmed is False and resp.prompt_tokens == encoder_tokens(backend, resp.prompt)
+
+
+def test_an_expansion_over_the_token_budget_is_cut_at_a_comma_and_says_so() -> None:
+    metrics = ServiceMetrics("test")
+    engine, backend = make_engine([LONG_SCENE], metrics, image_prompt_token_limit=96)
+    resp = run(engine.expand("shorts", ExpandRequest(message="a fox", persona=PERSONA)))
+    reserve = backend.count_tokens(SAFETY_SUFFIX)
+    assert resp.trimmed is True and resp.prompt_tokens == encoder_tokens(backend, resp.prompt)
+    assert resp.prompt_tokens + reserve <= 96
+    # Whole phrases, the longest run that fits: one phrase more would not.
+    kept = next(n for n in range(len(PHRASES), 0, -1) if resp.prompt == compose(PHRASES[:n]))
+    assert 1 <= kept < len(PHRASES)
+    assert encoder_tokens(backend, compose(PHRASES[: kept + 1])) + reserve > 96
+    assert resp.prompt.startswith(DESCRIPTOR) and resp.prompt.endswith(SAFETY_CLAUSE)
+    assert trimmed_count(metrics, "shorts", "tokens") == 1
+
+
+def compose(phrases: list[str]) -> str:
+    return compose_expanded_prompt("shorts", DESCRIPTOR[0].lower() + DESCRIPTOR[1:], ", ".join(phrases))
+
+
+def test_one_phrase_over_the_budget_is_cut_between_words() -> None:
+    scene = " ".join(WORDS[:200])
+    engine, backend = make_engine([scene], image_prompt_token_limit=64)
+    resp = run(engine.expand("1to1", ExpandRequest(message="a fox")))
+    assert resp.trimmed and resp.prompt_tokens is not None
+    assert resp.prompt_tokens + backend.count_tokens(SAFETY_SUFFIX) <= 64
+    assert resp.prompt.startswith(f"{WORDS[0]} {WORDS[1]}") and scene.startswith(
+        resp.prompt.removesuffix(".")
+    )
+
+
+def test_an_expansion_over_the_character_limit_is_cut_at_a_comma() -> None:
+    metrics = ServiceMetrics("test")
+    scene = ", ".join(" ".join(WORDS[3 * i : 3 * i + 3]) for i in range(200))  # ~3,200 characters
+    engine, _ = make_engine([scene], metrics, image_prompt_token_limit=4096)
+    resp = run(engine.expand("1to1", ExpandRequest(message="a fox")))
+    assert resp.trimmed and len(resp.prompt) <= MAX_PROMPT_CHARS - len(SAFETY_SUFFIX)
+    assert scene.startswith(resp.prompt.removesuffix(".")) and scene[len(resp.prompt) - 1] == ","
+    assert trimmed_count(metrics, "1to1", "chars") == 1
+
+
+def test_a_generation_stopped_by_its_cap_loses_only_the_unfinished_phrase() -> None:
+    metrics = ServiceMetrics("test")
+    engine, _ = make_engine([("a fox in the snow, at dusk, wearing a red", "length")], metrics)
+    resp = run(engine.expand("1to1", ExpandRequest(message="a fox")))
+    assert resp.prompt == "a fox in the snow, at dusk." and resp.trimmed is True
+    assert trimmed_count(metrics, "1to1", "generation_cap") == 1
+    engine, _ = make_engine([("a fox in the snow, at dusk, wearing a red", "stop")])
+    resp = run(engine.expand("1to1", ExpandRequest(message="a fox")))
+    assert resp.prompt == "a fox in the snow, at dusk, wearing a red." and resp.trimmed is False
+
+
+def test_style_reaches_the_model_and_ends_the_prompt() -> None:
+    phrase = STYLE_PHRASES["anime"]
+    engine, backend = make_engine(["a fox in the snow, at dusk"])
+    resp = run(engine.expand("scenes", ExpandRequest(message="a fox", style="anime")))
+    assert phrase in backend.calls[0][0]["content"]
+    assert resp.prompt == f"a fox in the snow, at dusk, {phrase}. {SAFETY_CLAUSE}"
+    # Trimming cuts the scene only: the style phrase and the safety clause stay whole.
+    engine, _ = make_engine([LONG_SCENE], image_prompt_token_limit=80)
+    resp = run(engine.expand("scenes", ExpandRequest(message="a fox", style="anime")))
+    assert resp.trimmed and resp.prompt.endswith(f", {phrase}. {SAFETY_CLAUSE}")
+
+
+def test_template_fallback_keeps_the_style_and_counts_when_it_can() -> None:
+    phrase = STYLE_PHRASES["watercolor"]
+    engine, backend = make_engine(["<|im_end|>"], template_fallback=True)
+    resp = run(engine.expand("1to1", ExpandRequest(message="a fox in the snow", style="watercolor")))
+    assert resp.source == "template" and resp.prompt.endswith(f"{phrase}.")
+    assert resp.prompt_tokens == encoder_tokens(backend, resp.prompt)
+    # The model's files are missing, so is its tokenizer: nothing counts tokens, and the response says None.
+    engine, backend = make_engine([ModelUnavailable("LLM backend unavailable")], template_fallback=True)
+    engine.budget.count = None
+    resp = run(engine.expand("1to1", ExpandRequest(message="a fox in the snow", style="watercolor")))
+    assert resp.source == "template" and resp.prompt.endswith(f"{phrase}.")
+    assert resp.prompt_tokens is None and resp.trimmed is False
+
+
+def test_unknown_style_is_refused() -> None:
+    with pytest.raises(ValidationError, match="style"):
+        ExpandRequest(message="a fox", style="oil-painting")  # type: ignore[arg-type]

@@ -7,6 +7,7 @@ import pytest
 from services.llm_service.prompts import (
     MODERATION_RULES,
     SAFETY_CLAUSE,
+    STYLE_INSTRUCTION,
     build_caption_messages,
     build_expand_messages,
     build_reply_messages,
@@ -15,8 +16,11 @@ from services.llm_service.prompts import (
     compose_expanded_prompt,
     expand_system_prompt,
 )
+from services.llm_service.settings import LlmSettings
+from services.llm_service.templates import TEMPLATE_SCENE_TAIL, template_scene
 from shared.models import ChatTurn, Features
 from shared.persona import describe_persona
+from shared.styles import STYLE_NAMES, STYLE_PHRASES
 
 PERSONA = Features(
     hair_color="auburn",
@@ -36,14 +40,14 @@ DESCRIPTOR = describe_persona(PERSONA)
 
 @pytest.mark.parametrize("kind", ["shorts", "scenes"])
 def test_moderated_kinds_carry_moderation_rules(kind: str) -> None:
-    system = build_expand_messages(kind, "at the beach", [], PERSONA)[0]
+    system = build_expand_messages(kind, "at the beach", [], PERSONA, words=100)[0]
     assert system["role"] == "system"
     assert MODERATION_RULES in system["content"]
     assert "nudity" in system["content"]
 
 
 def test_1to1_has_no_moderation_instructions() -> None:
-    system = expand_system_prompt("1to1")
+    system = expand_system_prompt("1to1", words=100)
     assert MODERATION_RULES not in system
     assert "nudity" not in system.lower()
     assert "moderated" not in system.lower()
@@ -51,7 +55,8 @@ def test_1to1_has_no_moderation_instructions() -> None:
 
 @pytest.mark.parametrize("kind", ["1to1", "shorts", "scenes"])
 def test_expand_messages_carry_persona_and_instruction_to_keep_it(kind: str) -> None:
-    messages = build_expand_messages(kind, "at the beach", [ChatTurn(role="user", content="hi")], PERSONA)
+    history = [ChatTurn(role="user", content="hi")]
+    messages = build_expand_messages(kind, "at the beach", history, PERSONA, words=100)
     assert "keep every trait exactly" in messages[0]["content"]
     user = messages[1]["content"]
     assert f"Character appearance (keep exactly): the same character: {DESCRIPTOR}\n" in user
@@ -60,7 +65,7 @@ def test_expand_messages_carry_persona_and_instruction_to_keep_it(kind: str) -> 
 
 
 def test_expand_messages_without_persona() -> None:
-    user = build_expand_messages("1to1", "a fox", [], None)[1]["content"]
+    user = build_expand_messages("1to1", "a fox", [], None, words=100)[1]["content"]
     assert "Character appearance (keep exactly): not specified" in user
     assert "Character notes" not in user
     assert character_descriptor(None) == "" and character_descriptor(Features()) == ""
@@ -70,9 +75,9 @@ def test_expand_messages_without_persona() -> None:
 def test_compose_keeps_persona_whatever_the_scene(kind: str) -> None:
     descriptor = character_descriptor(PERSONA)
     for scene in ["", "junk qq zz", "x" * 5000]:
-        prompt = compose_expanded_prompt(kind, descriptor, scene, max_chars=2000)
-        assert len(prompt) <= 2000
-        assert prompt.startswith(f"The same character: {DESCRIPTOR}.")
+        # Nothing is cut here: fitting the budget is token_budget.py's (tests/unit/test_llm_engine.py).
+        prompt = compose_expanded_prompt(kind, descriptor, scene)
+        assert prompt.startswith(f"The same character: {DESCRIPTOR}.") and scene in prompt
         if kind == "1to1":
             assert SAFETY_CLAUSE not in prompt
         else:
@@ -80,7 +85,42 @@ def test_compose_keeps_persona_whatever_the_scene(kind: str) -> None:
 
 
 def test_compose_without_persona() -> None:
-    assert compose_expanded_prompt("1to1", "", "a fox in snow", max_chars=2000) == "a fox in snow."
+    assert compose_expanded_prompt("1to1", "", "a fox in snow") == "a fox in snow."
+    assert compose_expanded_prompt("1to1", "", "a fox in snow, at dusk.") == "a fox in snow, at dusk."
+
+
+@pytest.mark.parametrize("kind", ["1to1", "shorts", "scenes"])
+def test_each_kinds_word_target_reaches_its_system_prompt(kind: str) -> None:
+    settings = LlmSettings(expand_words_1to1=90, expand_words_shorts=140, expand_words_scenes=210)
+    words = settings.expand_words(kind)  # type: ignore[arg-type]
+    assert words == {"1to1": 90, "shorts": 140, "scenes": 210}[kind]
+    system = build_expand_messages(kind, "a fox", [], None, words=words)[0]["content"]
+    assert f"about {words} words" in system
+    # The old hard cap is gone from every prompt the service builds, whatever the kind or style.
+    for style in (None, *STYLE_NAMES):
+        assert "70 words" not in expand_system_prompt(kind, words=words, style=style)
+
+
+@pytest.mark.parametrize("style", STYLE_NAMES)
+def test_style_reaches_the_system_prompt_and_ends_the_prompt_once(style: str) -> None:
+    phrase = STYLE_PHRASES[style]
+    system = expand_system_prompt("shorts", words=150, style=style)
+    assert STYLE_INSTRUCTION.format(phrase=phrase) in system and MODERATION_RULES in system
+    # The model may copy the phrase into the scene, or not at all: either way it ends the prompt once.
+    for scene in ["a fox in snow, at dusk", f"a fox in snow, {phrase}, at dusk", f"a fox in snow, {phrase}."]:
+        prompt = compose_expanded_prompt("shorts", DESCRIPTOR, scene, style=style)
+        assert prompt.count(phrase) == 1 and prompt.endswith(f"{phrase}. {SAFETY_CLAUSE}")
+        assert "a fox in snow" in prompt and ", ," not in prompt
+    assert phrase not in expand_system_prompt("shorts", words=150)
+
+
+@pytest.mark.parametrize("style", STYLE_NAMES)
+def test_template_scene_carries_the_style_phrase(style: str) -> None:
+    scene = template_scene("scenes", "a fox in the snow", max_words=25, style=style)
+    assert scene.endswith(STYLE_PHRASES[style]) and TEMPLATE_SCENE_TAIL not in scene and "fox" in scene
+    assert template_scene("scenes", "a fox in the snow", max_words=25).endswith(TEMPLATE_SCENE_TAIL)
+    prompt = compose_expanded_prompt("scenes", "", scene, style=style)
+    assert prompt.count(STYLE_PHRASES[style]) == 1
 
 
 def test_shorten_caption_reply_builders() -> None:

@@ -19,19 +19,22 @@ router = APIRouter(tags=["chat"])
 
 @router.post("/v1/chat/1to1/expand", response_model=ExpandResponse)
 async def expand_1to1(req: ExpandRequest, engine: EngineDep) -> ExpandResponse:
-    """Chat message (+ history, persona) -> a detailed image prompt for 1:1 chat (no moderation rules)."""
+    """Chat message (+ history, persona, style) -> a detailed image prompt for 1:1 chat (no moderation rules).
+
+    The prompt fits the image model's token budget; ``trimmed`` says when it was cut to fit, ``prompt_tokens``
+    what it counts. An unknown ``style`` is a 422."""
     return await engine.expand("1to1", req)
 
 
 @router.post("/v1/chat/shorts/expand", response_model=ExpandResponse)
 async def expand_shorts(req: ExpandRequest, engine: EngineDep) -> ExpandResponse:
-    """Chat message (+ history, persona) -> a detailed image prompt for shorts, with the role's moderation."""
+    """Chat message (+ history, persona, style) -> a detailed image prompt for shorts, with moderation."""
     return await engine.expand("shorts", req)
 
 
 @router.post("/v1/chat/scenes/expand", response_model=ExpandResponse)
 async def expand_scenes(req: ExpandRequest, engine: EngineDep) -> ExpandResponse:
-    """Chat message (+ history, persona) -> a detailed image prompt for scenes, with the role's moderation."""
+    """Chat message (+ history, persona, style) -> a detailed image prompt for scenes, with moderation."""
     return await engine.expand("scenes", req)
 
 
