@@ -7,7 +7,8 @@ ImgPodError
  +-- UnsupportedMedia (415)
  +-- ValidationFailed (422)
  +-- PolicyBlocked (422)
- +-- Overloaded (429, Retry-After)
+ +-- Overloaded (429, Retry-After)   ``reason``: queue_full, over_sla, key_share (services/interface)
+ |    +-- RateLimited (429)          a key's own rate limit, with the IETF RateLimit fields
  +-- InferenceFailed (500)          the model ran and failed
  +-- UpstreamFailed (502)           a worker answered badly
  +-- UnusableModelOutput (502)      the model answered, but the text is junk
@@ -116,16 +117,40 @@ class PolicyBlocked(ImgPodError):
 
 
 class Overloaded(ImgPodError):
+    """Refused for load, try again later. ``reason`` (in the body) says which bound refused, so a client
+    can tell its own excess (``key_share``, ``rate_limited``) from a busy service (``queue_full``,
+    ``over_sla``); a worker's own 429 passed on has none."""
+
     status_code = 429
     code = "overloaded"
 
-    def __init__(self, detail: str, *, retry_after_s: float, stage: str | None = None) -> None:
-        super().__init__(detail, stage=stage)
+    def __init__(
+        self, detail: str, *, retry_after_s: float, stage: str | None = None, reason: str | None = None
+    ) -> None:
+        super().__init__(detail, stage=stage, extra={"reason": reason} if reason else None)
         self.retry_after_s = retry_after_s
+        self.reason = reason
 
     def headers(self) -> dict[str, str]:
         # Retry-After is whole seconds; never 0, or clients hammer straight back.
         return {"Retry-After": str(max(1, math.ceil(self.retry_after_s)))}
+
+
+class RateLimited(Overloaded):
+    """One API key spent its quota (services/interface/rate_limits.py): a 429 that only that key gets.
+
+    Carries the IETF ``RateLimit-Policy`` and ``RateLimit`` fields beside Retry-After, already rendered.
+    """
+
+    code = "rate_limited"
+
+    def __init__(self, detail: str, *, retry_after_s: float, policy: str, fields: dict[str, str]) -> None:
+        super().__init__(detail, retry_after_s=retry_after_s, stage="rate_limit", reason="rate_limited")
+        self.extra["policy"] = policy
+        self.fields = fields
+
+    def headers(self) -> dict[str, str]:
+        return {**super().headers(), **self.fields}
 
 
 class InferenceFailed(ImgPodError):
@@ -243,6 +268,7 @@ _OPENAI_CODES = {
     "policy_blocked": "content_policy_violation",
     "validation_error": "invalid_value",
     "overloaded": "rate_limit_exceeded",
+    "rate_limited": "rate_limit_exceeded",
     "unauthorized": "invalid_api_key",
 }
 

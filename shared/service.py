@@ -38,8 +38,23 @@ log = logging.getLogger("imgpod.access")
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[Any]]
 
 
+# Keys of the ASGI scope's ``state`` (``request.state``): set by the edge, read by the app, and back.
+KEY_ID = "key_id"
+RESPONSE_HEADERS = "edge_response_headers"
+KEY_ID_CHARS = 12
+
+
 def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8")).digest()
+
+
+def key_id(token: str) -> str:
+    """A key's public name: the first hex characters of its SHA-256, for per-key settings, counts and logs.
+
+    Not a secret (a hash prefix of a high-entropy key says nothing usable about the key), and stable across
+    replicas and restarts, so limits shared through Redis and overrides in settings agree on it.
+    """
+    return _digest(token).hex()[:KEY_ID_CHARS]
 
 
 class EdgeMiddleware:
@@ -47,6 +62,10 @@ class EdgeMiddleware:
 
     Auth denies by default: every path needs a key unless it is in ``public_paths``. Every body it answers
     itself (401, 413, 503 while draining) carries the request id, like the app's own error bodies.
+
+    The matched key's id goes to ``scope["state"][KEY_ID]`` (absent when no keys are configured: one open
+    client), so per-key admission needs no lookup of its own; headers the app puts in
+    ``scope["state"][RESPONSE_HEADERS]`` (a list of byte pairs) go out on whatever response follows.
     """
 
     def __init__(
@@ -69,6 +88,7 @@ class EdgeMiddleware:
         # prometheus' .labels() costs a dict lookup and a lock per call: keep the children per label set.
         self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         self.key_digests = [_digest(k.get_secret_value()) for k in keys]
+        self.key_ids = [d.hex()[:KEY_ID_CHARS] for d in self.key_digests]
         self.public_paths = frozenset(public_paths)
         # Routes whose own query carries the credential (signed URLs): open to the edge, checked by the route.
         self.public_prefixes = tuple(public_prefixes)
@@ -77,9 +97,8 @@ class EdgeMiddleware:
         self.max_json_bytes = max_json_bytes or max_body_bytes
         self.metrics = metrics
 
-    def _authorised(self, headers: dict[bytes, bytes]) -> bool:
-        if not self.key_digests:
-            return True
+    def _matched_key(self, headers: dict[bytes, bytes]) -> str | None:
+        """The id of the key the request presents, or None when it presents none that is configured."""
         presented = None
         auth = headers.get(b"authorization", b"").decode("latin-1")
         if auth[:7].lower() == "bearer ":
@@ -87,13 +106,15 @@ class EdgeMiddleware:
         elif b"x-api-key" in headers:
             presented = headers[b"x-api-key"].decode("latin-1").strip()
         if not presented:
-            return False
+            return None
         digest = _digest(presented)
-        # Compare against every key without short-circuiting, so timing does not tell which key matched.
-        ok = False
-        for known in self.key_digests:
-            ok |= secrets.compare_digest(digest, known)
-        return ok
+        # Compare against every key without short-circuiting, so the time an invalid key takes says nothing
+        # about how close it came to any known one.
+        matched = None
+        for known, kid in zip(self.key_digests, self.key_ids, strict=True):
+            if secrets.compare_digest(digest, known):
+                matched = kid
+        return matched
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -114,7 +135,13 @@ class EdgeMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 started_response = True
-                message["headers"] = [*message.get("headers", ()), (_REQUEST_ID_BYTES, request_id.encode())]
+                state = scope.get("state")
+                extra = state.get(RESPONSE_HEADERS, ()) if state else ()
+                message["headers"] = [
+                    *message.get("headers", ()),
+                    (_REQUEST_ID_BYTES, request_id.encode()),
+                    *extra,
+                ]
             await send(message)
 
         path = scope.get("path", "")
@@ -126,18 +153,22 @@ class EdgeMiddleware:
                 await self._refuse_draining(send_wrapper, request_id, path)
                 return
             if (
-                path not in self.public_paths
+                self.key_digests
+                and path not in self.public_paths
                 and not path.startswith(self.public_prefixes)
-                and not self._authorised(headers)
             ):
-                await self._send_error(
-                    send_wrapper,
-                    path,
-                    ErrorReply(401, "missing or invalid credentials", "unauthorized"),
-                    request_id,
-                    extra=[(b"www-authenticate", b"Bearer")],
-                )
-                return
+                matched = self._matched_key(headers)
+                if matched is None:
+                    await self._send_error(
+                        send_wrapper,
+                        path,
+                        ErrorReply(401, "missing or invalid credentials", "unauthorized"),
+                        request_id,
+                        extra=[(b"www-authenticate", b"Bearer")],
+                    )
+                    return
+                # uvicorn gives each request its own copy of the lifespan state: this stays per request.
+                scope.setdefault("state", {})[KEY_ID] = matched
             # Only uploads (multipart) get the large limit: no valid JSON request here comes near a megabyte.
             multipart = headers.get(b"content-type", b"").startswith(b"multipart/")
             limit = self.max_body_bytes if multipart else min(self.max_body_bytes, self.max_json_bytes)

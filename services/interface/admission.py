@@ -1,4 +1,5 @@
-"""Queues per public endpoint, sized by the pools behind them, and the client-disconnect watcher."""
+"""Queues per public endpoint, sized by the pools behind them; admission (the queue's verdict, then the key's
+rate limits, services/interface/rate_limits.py) and the client-disconnect watcher."""
 
 from __future__ import annotations
 
@@ -11,9 +12,12 @@ from typing import Any
 from fastapi import Request
 
 from services.interface.pools import WorkerPool
+from services.interface.rate_limits import IMAGE_QUEUES, RateLimiter
 from services.interface.settings import ENDPOINTS, InterfaceSettings
+from shared.errors import RateLimited
 from shared.metrics import ServiceMetrics
 from shared.queue_manager import BoundedQueue, QueueMetrics
+from shared.service import KEY_ID, RESPONSE_HEADERS
 
 
 class ClientGone(Exception):
@@ -38,6 +42,7 @@ def build_queues(
             sla_s=limits.sla_ms / 1000,
             retry_after_cap_s=settings.retry_after_cap_ms / 1000,
             metrics=queue_metrics,
+            max_share=settings.effective_max_share(),
         )
         queues[endpoint] = queue
         pools = pools_for[endpoint]
@@ -60,17 +65,40 @@ async def _wait_for_disconnect(request: Request) -> None:
             return
 
 
-async def run_admitted(request: Request, queue: BoundedQueue, work: Callable[[], Awaitable[Any]]) -> Any:
-    """Submit to the queue and give up the item as soon as the client disconnects."""
-    return (await run_admitted_all(request, queue, [work]))[0]
+async def _admit(request: Request, queue: BoundedQueue, owner: str | None, units: int) -> None:
+    """Refuse before anything is queued: the queue's verdict for the whole request first (a request the queue
+    refuses must not spend its key's quota), then the key's rate limits, whose fields go on the response."""
+    queue.check_admission(units, owner)
+    limiter: RateLimiter | None = getattr(request.app.state, "rate_limiter", None)
+    if limiter is None or owner is None:
+        return
+    try:
+        fields = await limiter.admit(owner, units if queue.name in IMAGE_QUEUES else 0)
+    except RateLimited:
+        queue.metrics.rejected.labels(queue.name, "rate_limited").inc()
+        raise
+    if fields:
+        request.scope["state"][RESPONSE_HEADERS] = fields
+
+
+async def run_admitted(
+    request: Request, queue: BoundedQueue, work: Callable[[], Awaitable[Any]], weight: int = 1
+) -> Any:
+    """Submit to the queue and give up the item as soon as the client disconnects; ``weight``: the units
+    of the queue's bounds the item takes (the images of a request for several)."""
+    return (await run_admitted_all(request, queue, [work], weight=weight))[0]
 
 
 async def run_admitted_all(
-    request: Request, queue: BoundedQueue, works: Sequence[Callable[[], Awaitable[Any]]]
+    request: Request, queue: BoundedQueue, works: Sequence[Callable[[], Awaitable[Any]]], weight: int = 1
 ) -> list[Any]:
     """Several items of one request, each admitted on its own; all are given up when one fails or the client
     disconnects (one answer carries them all, so a part of it is worth nothing)."""
-    submits = [asyncio.ensure_future(queue.submit(work)) for work in works]
+    state = request.scope.get("state")
+    # The API key's id (shared/service.py); None on an open deployment, where everyone is one owner.
+    owner: str | None = state.get(KEY_ID) if state else None
+    await _admit(request, queue, owner, weight * len(works))
+    submits = [asyncio.ensure_future(queue.submit(work, weight, owner)) for work in works]
     gone = asyncio.ensure_future(_wait_for_disconnect(request))
     try:
         pending: set[asyncio.Future[Any]] = set(submits)

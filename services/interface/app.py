@@ -15,6 +15,7 @@ from services.interface.openai_images import OPENAI_PREFIXES
 from services.interface.openai_images import router as openai_router
 from services.interface.openai_images.output_store import FILES_PATH, OutputStore
 from services.interface.pool_set import build_pools, client_limits
+from services.interface.rate_limits import RateLimiter
 from services.interface.routes import chat, health, profile
 from services.interface.settings import InterfaceSettings
 from shared.errors import ErrorShapes, openai_shape
@@ -32,6 +33,8 @@ def create_app(settings: InterfaceSettings | None = None) -> FastAPI:
     configure_logging("interface", settings.log_level)
     metrics = ServiceMetrics("interface")
     token = settings.internal_token.get_secret_value() if settings.internal_token else None
+    # Built here, not in the lifespan: an override naming no configured key fails the start at once.
+    rate_limiter = RateLimiter.from_settings(settings, metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -54,6 +57,8 @@ def create_app(settings: InterfaceSettings | None = None) -> FastAPI:
             for p in pools.all():
                 await p.close()
             await client.aclose()
+            if rate_limiter is not None:
+                await rate_limiter.close()
 
     app = build_app(
         title="img_pod interface",
@@ -72,6 +77,7 @@ def create_app(settings: InterfaceSettings | None = None) -> FastAPI:
         error_shapes=ErrorShapes([(prefix, openai_shape) for prefix in OPENAI_PREFIXES]),
     )
     app.state.settings = settings
+    app.state.rate_limiter = rate_limiter
     secret = settings.openai_url_secret
     app.state.openai_outputs = OutputStore(
         ttl_s=settings.openai_url_ttl_s,

@@ -4,19 +4,37 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, BeforeValidator, Field, SecretStr, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from shared.settings import ServiceSettings, UrlList, parse_str_list
 
 ENDPOINTS = ("profile", "text2img", "chat1to1", "shorts", "scenes", "private", "reply")
 GuardMode = Literal["enforce", "observe", "off"]
+RATE_LIMIT_STORAGE_SCHEMES = ("memory", "redis", "rediss")
 SecretList = Annotated[list[SecretStr], NoDecode, BeforeValidator(parse_str_list)]
 
 
 class QueueLimits(BaseModel):
     capacity: int = Field(ge=1)
     sla_ms: float = Field(gt=0)
+
+
+class KeyRateLimits(BaseModel):
+    """One API key's own limits; a field left out takes the default (``rate_limit_*``), 0 means none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests_per_minute: int | None = Field(None, ge=0)
+    images_per_hour: int | None = Field(None, ge=0)
 
 
 class InterfaceSettings(ServiceSettings):
@@ -42,6 +60,27 @@ class InterfaceSettings(ServiceSettings):
     # Per endpoint, e.g. INTERFACE_QUEUE_OVERRIDES='{"profile": {"capacity": 8, "sla_ms": 120000}}'.
     queue_overrides: dict[str, QueueLimits] = Field(default_factory=dict)
     retry_after_cap_ms: float = Field(30_000, gt=0)
+    # Fair share: the most of a queue's places (capacity + consumers, waiting and running) one API key may
+    # hold; beyond it that key gets 429 ``key_share`` while the others still get in. 1: no bound. It binds
+    # only with two keys or more: a deployment with one client key gives that client the whole queue.
+    queue_max_share_per_key: float = Field(0.5, gt=0, le=1)
+
+    def effective_max_share(self) -> float:
+        return self.queue_max_share_per_key if len(self.api_keys) > 1 else 1.0
+
+    # Per API key, checked at admission (after validation, before the queue); 0: no limit. Requests count
+    # on every queued route, images (a request's ``n``) on the image routes (interface/rate_limits.py).
+    rate_limit_requests_per_minute: int = Field(0, ge=0)
+    rate_limit_images_per_hour: int = Field(0, ge=0)
+    # By key id (the first 12 hex characters of the key's SHA-256), e.g.
+    # INTERFACE_RATE_LIMIT_OVERRIDES='{"9f86d081884c": {"images_per_hour": 2000}}'.
+    rate_limit_overrides: dict[str, KeyRateLimits] = Field(default_factory=dict)
+    # Where the counts live: memory:// (this process), or redis://host:port/db so that every replica shares
+    # them (a password in the URL: hence a secret).
+    rate_limit_storage_uri: SecretStr = SecretStr("memory://")
+    # Bound of one call to a shared store; past it (or on any store error) admission goes on without the
+    # limits for a few seconds rather than fail requests: the queues' own bounds still hold.
+    rate_limit_storage_timeout_s: float = Field(0.5, gt=0)
     # Image workers advertise devices x max batch on /healthz; this bounds it (and applies when they do not).
     per_worker_concurrency: int = Field(8, ge=1)
     selfie_concurrency: int = Field(2, ge=1)
@@ -87,6 +126,15 @@ class InterfaceSettings(ServiceSettings):
     openai_url_secret: SecretStr | None = None
     # Public base of those URLs (https://host behind a proxy); the request's own base URL when unset.
     openai_public_url: str | None = None
+
+    @field_validator("rate_limit_storage_uri")
+    @classmethod
+    def _known_storage(cls, value: SecretStr) -> SecretStr:
+        scheme = value.get_secret_value().partition("://")[0]
+        if scheme not in RATE_LIMIT_STORAGE_SCHEMES:
+            # The URL itself may hold a password: name only the schemes.
+            raise ValueError(f"rate_limit_storage_uri: one of {', '.join(RATE_LIMIT_STORAGE_SCHEMES)}://")
+        return value
 
     @model_validator(mode="after")
     def _drain_outlasts_requests(self) -> InterfaceSettings:

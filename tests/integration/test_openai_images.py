@@ -53,6 +53,8 @@ def api(worker: ServiceProcess) -> Iterator[ServiceProcess]:
         "INTERFACE_PER_WORKER_CONCURRENCY": "1",
         "INTERFACE_QUEUE_OVERRIDES": '{"text2img": {"capacity": 2, "sla_ms": 600000}}',
         "INTERFACE_RETRY_AFTER_CAP_MS": "1000",
+        # One key fills the queue on purpose here; fair share between keys is test_rate_limits.py's.
+        "INTERFACE_QUEUE_MAX_SHARE_PER_KEY": "1.0",
     }
     with ServiceProcess("services.interface.main", env=env) as proc:
         yield proc

@@ -311,3 +311,152 @@ def test_varying_service_times_widen_the_admission_margin() -> None:
     spread = [1.0, 9.0] * 20
     assert run(lambda: admitted_second(steady)) is True
     assert run(lambda: admitted_second(spread)) is False
+
+
+# --- fair share between owners (API keys) ------------------------------------------------------------------
+
+
+def owned_queue(capacity: int, consumers: int, max_share: float, sla_s: float = 600.0) -> BoundedQueue:
+    q = BoundedQueue(
+        "test",
+        capacity=capacity,
+        sla_s=sla_s,
+        retry_after_cap_s=30.0,
+        metrics=QueueMetrics.create(ServiceMetrics("t")),
+        max_share=max_share,
+    )
+    q.set_consumers(consumers)
+    return q
+
+
+def test_one_owner_holds_at_most_its_share_and_the_others_still_get_in() -> None:
+    async def scenario() -> tuple[list[Any], list[Any], int]:
+        # Places: 4 waiting + 1 running; half of them, rounded down, is 2 per owner.
+        q = owned_queue(capacity=4, consumers=1, max_share=0.5)
+        release = asyncio.Event()
+        a = [asyncio.create_task(q.submit(release.wait, owner="a")) for _ in range(5)]
+        await until(lambda: sum(t.done() for t in a) == 3)
+        b = [asyncio.create_task(q.submit(release.wait, owner="b")) for _ in range(2)]
+        await until(lambda: q.depth == 3)
+        limit = q.share_limit
+        release.set()
+        out = (
+            await asyncio.gather(*a, return_exceptions=True),
+            await asyncio.gather(*b, return_exceptions=True),
+        )
+        await q.close()
+        return *out, limit
+
+    a, b, limit = run(scenario)
+    assert limit == 2
+    assert [r is True for r in a] == [True, True, False, False, False]
+    for err in a[2:]:
+        assert isinstance(err, Overloaded) and err.reason == "key_share"
+        assert err.body()["reason"] == "key_share" and int(err.headers()["Retry-After"]) >= 1
+    # The queue itself had room: the other owner was not refused.
+    assert b == [True, True]
+
+
+def test_the_open_owner_is_never_bounded_by_share() -> None:
+    """No API keys configured: one owner (None), who may fill the whole queue as before."""
+
+    async def scenario() -> list[Any]:
+        q = owned_queue(capacity=4, consumers=1, max_share=0.5)
+        release = asyncio.Event()
+        tasks = [asyncio.create_task(q.submit(release.wait))]
+        await until(lambda: q.in_flight == 1)
+        tasks += [asyncio.create_task(q.submit(release.wait)) for _ in range(5)]
+        await until(lambda: sum(t.done() for t in tasks) == 1)
+        release.set()
+        out = await asyncio.gather(*tasks, return_exceptions=True)
+        await q.close()
+        return out
+
+    results = run(scenario)
+    assert results.count(True) == 5
+    refused = [r for r in results if isinstance(r, Overloaded)]
+    assert len(refused) == 1 and refused[0].reason == "queue_full"
+
+
+def test_an_owner_with_nothing_waiting_goes_before_a_backlog_then_owners_take_turns() -> None:
+    async def scenario() -> list[str]:
+        q = owned_queue(capacity=20, consumers=1, max_share=1.0)
+        gates = {name: asyncio.Event() for name in ("a1", "a2", "a3", "a4", "b1", "c1", "c2", "c3")}
+        order: list[str] = []
+
+        def work(name: str) -> Callable[[], Awaitable[None]]:
+            async def run_it() -> None:
+                order.append(name)
+                await gates[name].wait()
+
+            return run_it
+
+        tasks = [asyncio.create_task(q.submit(work("a1"), owner="a"))]
+        await until(lambda: order == ["a1"])
+        tasks += [asyncio.create_task(q.submit(work(n), owner="a")) for n in ("a2", "a3", "a4")]
+        await until(lambda: q.depth == 3)
+        tasks += [asyncio.create_task(q.submit(work(n), owner="c")) for n in ("c1", "c2", "c3")]
+        await until(lambda: q.depth == 6)
+        tasks.append(asyncio.create_task(q.submit(work("b1"), owner="b")))
+        await until(lambda: q.depth == 7)
+        for _ in range(8):
+            gates[order[-1]].set()
+            await until(lambda: len(order) == 8 or gates[order[-1]].is_set() is False)
+        await asyncio.gather(*tasks)
+        await q.close()
+        return order
+
+    # a2 came while a's lane was empty (a1 was running), c1 while c's was: both fresh, first come first
+    # served, then b1 (fresh); then a and c, each with a backlog, alternate.
+    assert run(scenario) == ["a1", "a2", "c1", "b1", "a3", "c2", "a4", "c3"]
+
+
+def test_the_wait_estimate_is_the_new_items_own_place_in_the_turns() -> None:
+    """A's backlog makes A's next item too slow for the SLA, while B's single request, which goes before that
+    backlog, is admitted: the whole queue's depth would have refused it too."""
+
+    async def scenario() -> tuple[Any, Any]:
+        q = owned_queue(capacity=20, consumers=1, max_share=1.0, sla_s=3.5)
+        q.mean_service_s = 1.0
+        release = asyncio.Event()
+        tasks = [asyncio.create_task(q.submit(release.wait, owner="a"))]
+        await until(lambda: q.in_flight == 1)
+        # A's waiting items may be over the SLA (the first two were admitted while the estimate allowed it).
+        q.sla_s = 600.0
+        tasks += [asyncio.create_task(q.submit(release.wait, owner="a")) for _ in range(2)]
+        await until(lambda: q.depth == 2)
+        q.sla_s = 3.5
+        # A's next: 1 running + 2 of its own ahead = 3 s + 1 s of its own > 3.5. B's: 1 running + the one
+        # fresh lane's first item = 2 s + 1 s.
+        a_next = asyncio.create_task(q.submit(release.wait, owner="a"))
+        b_first = asyncio.create_task(q.submit(release.wait, owner="b"))
+        await until(lambda: a_next.done() and q.depth == 3)
+        release.set()
+        await asyncio.gather(*tasks, b_first, return_exceptions=True)
+        await q.close()
+        return a_next.exception(), b_first.result()
+
+    a_refusal, b_result = run(scenario)
+    assert isinstance(a_refusal, Overloaded) and a_refusal.reason == "over_sla"
+    assert b_result is True
+
+
+def test_cancelled_items_release_their_owners_share() -> None:
+    async def scenario() -> tuple[int, int, Any]:
+        q = owned_queue(capacity=4, consumers=1, max_share=0.5)
+        release = asyncio.Event()
+        running = asyncio.create_task(q.submit(release.wait, owner="a"))
+        await until(lambda: q.in_flight == 1)
+        queued = asyncio.create_task(q.submit(release.wait, owner="a"))
+        await until(lambda: q.depth == 1)
+        held_before = q.held_by("a")
+        queued.cancel()
+        running.cancel()
+        await asyncio.gather(running, queued, return_exceptions=True)
+        await until(lambda: q.in_flight == 0)
+        held_after = q.held_by("a")
+        again = await asyncio.wait_for(q.submit(lambda: asyncio.sleep(0, "ok"), owner="a"), 5)
+        await q.close()
+        return held_before, held_after, again
+
+    assert run(scenario) == (2, 0, "ok")
