@@ -18,6 +18,14 @@ from typing import Any
 import torch
 
 from bench.common import print_table, tiny_model_dir, write_results
+from bench.latency_model import (
+    DEFAULT_UTILISATION,
+    gpu_for,
+    predicted_seconds,
+    prediction_for_local_gpu,
+    read_config,
+    step_flops,
+)
 from services.image_worker.pipeline import DevicePipeline, ImageJob
 
 # ZImageTransformer2DModel's production configuration (Tongyi-MAI/Z-Image-Turbo, transformer/config.json);
@@ -50,11 +58,10 @@ def tiny_throughput(sizes: list[int], batches: list[int], steps: int, reps: int)
     for size in sizes:
         for batch in batches:
             jobs = [ImageJob(f"a red fox {i}", None, i, size, size, steps, 0.0) for i in range(batch)]
-            tokens = [pipe.count_tokens(j.prompt) for j in jobs]
-            pipe.run(jobs, tokens)  # warm-up at this shape
+            pipe.run(jobs)  # warm-up at this shape
             started = time.perf_counter()
             for _ in range(reps):
-                pipe.run(jobs, tokens)
+                pipe.run(jobs)
             elapsed = time.perf_counter() - started
             rows.append(
                 {
@@ -114,6 +121,26 @@ def real_size(batches: list[int], steps: int, reps: int, device: str, config: di
     return rows
 
 
+def predicted_ms(rows: list[dict[str, Any]]) -> dict[int, float]:
+    """The latency model's ms per denoise call for each batch measured, on this GPU (empty if not in it)."""
+    gpu = gpu_for(torch.cuda.get_device_name())
+    if gpu is None:
+        return {}
+    config = read_config("transformer")
+    return {
+        r["batch"]: round(
+            predicted_seconds(
+                r["batch"] * r["steps"] * step_flops(1024, 1024, CAPTION_TOKENS, config),
+                gpu.peak_bf16_tflops,
+                DEFAULT_UTILISATION,
+            )
+            * 1000,
+            1,
+        )
+        for r in rows
+    }
+
+
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -145,11 +172,24 @@ def main() -> None:
         else:
             rows = real_size(batches, 8, args.reps, "cuda", REAL_TRANSFORMER_CONFIG)
             name = "bench_image_batch_real"
+        predicted = predicted_ms(rows) if not args.smoke_on_cpu else {}
         print_table(
             "Z-Image transformer, production config, random weights, 1024x1024, bf16 (transformer only)",
-            ["compiled", "batch", "steps", "denoise ms", "images/s"],
-            [[r["compiled"], r["batch"], r["steps"], r["denoise_ms"], r["images_per_s"]] for r in rows],
+            ["compiled", "batch", "steps", "denoise ms", "images/s", "predicted ms"],
+            [
+                [
+                    r["compiled"],
+                    r["batch"],
+                    r["steps"],
+                    r["denoise_ms"],
+                    r["images_per_s"],
+                    predicted.get(r["batch"]),
+                ]
+                for r in rows
+            ],
         )
+        if predicted:
+            print(prediction_for_local_gpu(1024, 1024, 8, CAPTION_TOKENS))
         write_results(
             name,
             {

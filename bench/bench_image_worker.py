@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 
 from bench.common import print_table, write_results
+from bench.latency_model import prediction_for_local_gpu
 from bench.stack import AUTH, worker_env
 from devtools.service_process import ServiceProcess
 from shared.tiny_models.build import build_all
@@ -56,6 +57,11 @@ def main() -> None:
         ("size", "HTTP ms", "inference ms"),
         rows,
     )
+    # The tiny model says nothing of a GPU's speed; beside it, what the production model should take.
+    for side in (512, 1024):
+        line = prediction_for_local_gpu(side, side, steps=8)
+        if line:
+            print(f"production Z-Image Turbo on this GPU, {line}")
     write_results("image_worker", results)
 
 

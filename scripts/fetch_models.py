@@ -1,7 +1,8 @@
 """Fetch a service's model weights into the local cache when they are missing (``deploy_service.sh``).
 
 ``python -m scripts.fetch_models NAME``. A model id that is a local folder or file is used as it is; a hub id
-is downloaded once with ``huggingface_hub.snapshot_download`` (resumable; later runs find it cached). The
+is downloaded once with ``huggingface_hub.snapshot_download`` (resumable; later runs find it cached), at
+``IMAGE_MODEL_REVISION`` for the image workers, and its files checked against the hub's listed sizes. The
 selfie worker's YOLOv8-face weights come from ``SELFIE_DETECTOR_WEIGHTS_URL`` and are installed only when
 their sha256 is ``SELFIE_DETECTOR_WEIGHTS_SHA256`` (``scripts/verified_download.py``).
 """
@@ -23,7 +24,24 @@ def _is_local(model_id: str) -> bool:
     return model_id.startswith(("/", "./", "../", "~")) or Path(model_id).expanduser().exists()
 
 
-def fetch_hub_model(model_id: str) -> None:
+def hub_file_sizes(model_id: str, revision: str | None, token: str | None) -> dict[str, int] | None:
+    """Every file's size as the hub lists it at this revision; None when the hub cannot say (offline)."""
+    from huggingface_hub import HfApi
+
+    try:
+        info = HfApi().model_info(model_id, revision=revision, files_metadata=True, token=token)
+    except Exception as exc:
+        print(f"hub file sizes of {model_id} unavailable ({type(exc).__name__}); checking headers only")
+        return None
+    return {s.rfilename: s.size for s in info.siblings or [] if s.size is not None}
+
+
+def fetch_hub_model(model_id: str, revision: str | None = None, *, diffusers_pipeline: bool = False) -> None:
+    """Download ``model_id`` at ``revision`` (a commit pins it) and check what arrived before going on.
+
+    Every file the hub lists must be there at its listed size; a diffusers pipeline is also checked the
+    way its worker checks it at start-up (``model_index.json``, each component's weights whole).
+    """
     if _is_local(model_id):
         if not Path(model_id).expanduser().exists():
             raise SystemExit(f"model path {model_id} does not exist")
@@ -31,9 +49,26 @@ def fetch_hub_model(model_id: str) -> None:
         return
     from huggingface_hub import snapshot_download
 
-    print(f"fetching {model_id} (skipped if cached)")
-    path = snapshot_download(model_id, token=os.environ.get("HF_TOKEN") or None)
-    print(f"{model_id} ready at {path}")
+    from services.image_worker.model_files import ModelFilesInvalid, verify_pipeline_dir
+
+    token = os.environ.get("HF_TOKEN") or None
+    at = f"@{revision}" if revision else ""
+    print(f"fetching {model_id}{at} (skipped if cached)")
+    path = Path(snapshot_download(model_id, revision=revision, token=token))
+    sizes = hub_file_sizes(model_id, revision, token) or {}
+    try:
+        if diffusers_pipeline:
+            checked = verify_pipeline_dir(path, sizes)
+            print(f"{len(checked)} weight files whole: {', '.join(checked)}")
+        else:
+            for rel, want in sizes.items():
+                if not (path / rel).is_file() or (path / rel).stat().st_size != want:
+                    raise ModelFilesInvalid(f"{rel} is missing or not the {want} bytes the hub lists")
+    except ModelFilesInvalid as exc:
+        raise SystemExit(
+            f"{model_id}{at} is incomplete after download: {exc}. Run this again to resume."
+        ) from None
+    print(f"{model_id}{at} ready at {path} ({len(sizes)} files checked against the hub's sizes)")
 
 
 def fetch_detector(settings: SelfieSettings) -> None:
@@ -88,7 +123,8 @@ def main(name: str) -> int:
     elif name in ("profile", "chat1to1", "shorts", "scenes"):
         from services.image_worker.settings import ImageSettings
 
-        fetch_hub_model(ImageSettings().model_id)
+        image = ImageSettings()
+        fetch_hub_model(image.model_id, image.model_revision, diffusers_pipeline=True)
     else:
         raise SystemExit(f"unknown service {name}")
     return 0

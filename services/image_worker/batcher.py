@@ -3,9 +3,10 @@
 Why a list and not an asyncio.Queue: a runner that has taken a job looks for more *compatible* jobs (same
 size, steps, guidance) anywhere in the pending list and leaves the others in order for the next call.
 ``max_batch`` bounds what one call holds in images (``ImageJob.cost``: a job of n images costs n, twice that
-with guidance), so GPU memory stays bounded however requests split their images. A job is never split
-across calls, and the first job of a call is always taken (the engine refuses jobs of more than
-``max_batch`` images; a guided one may fill twice that).
+with guidance), so GPU memory stays bounded however requests split their images; ``BatchPolicy`` lowers that
+bound by image size (batching large images gains nothing). A job is never split across calls, and the first
+job of a call is always taken (the engine refuses jobs of more than ``max_batch`` images; a guided one may
+fill twice that).
 Each device is driven by exactly one runner, so a pipeline never sees two calls at once, and several
 devices in one worker share the load without any routing logic.
 """
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
+from services.image_worker.batch_policy import BatchPolicy
 from services.image_worker.pipeline import DevicePipeline, ImageJob
 from shared.errors import InferenceFailed
 from shared.metrics import ServiceMetrics
@@ -67,9 +69,11 @@ class Batcher:
         max_batch: int,
         batch_wait_ms: float,
         metrics: ServiceMetrics,
+        max_batch_by_pixels: dict[int, int] | None = None,
     ) -> None:
         self.pipelines = pipelines
         self.max_batch = max_batch
+        self.policy = BatchPolicy(max_batch, max_batch_by_pixels or {})
         self.batch_wait_s = batch_wait_ms / 1000.0
         self._pending: deque[_Pending] = deque()
         self._cond = asyncio.Condition()
@@ -110,15 +114,20 @@ class Batcher:
         # If the caller goes away (client disconnect), the future is cancelled and the runner skips it.
         return await future
 
+    def _limit(self, batch: list[_Pending]) -> int:
+        first = batch[0].job
+        return self.policy.limit_for(first.width, first.height)
+
     def _take_compatible(self, batch: list[_Pending]) -> None:
         key = batch[0].job.batch_key()
+        limit = self._limit(batch)
         cost = sum(p.job.cost for p in batch)
         keep: deque[_Pending] = deque()
         while self._pending:
             item = self._pending.popleft()
             if item.future.done():
                 continue
-            if cost + item.job.cost <= self.max_batch and item.job.batch_key() == key:
+            if cost + item.job.cost <= limit and item.job.batch_key() == key:
                 batch.append(item)
                 cost += item.job.cost
             else:
@@ -136,7 +145,7 @@ class Batcher:
             batch = [first]
             self._take_compatible(batch)
             deadline = loop.time() + self.batch_wait_s
-            while sum(p.job.cost for p in batch) < self.max_batch:
+            while sum(p.job.cost for p in batch) < self._limit(batch):
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break

@@ -11,8 +11,15 @@ from typing import Literal
 
 from services.image_worker.batcher import Batcher, ImageResult
 from services.image_worker.devices import resolve_devices
+from services.image_worker.model_files import ModelFilesInvalid
 from services.image_worker.output_safety import OutputSafetyChecker, SafetyVerdict
-from services.image_worker.pipeline import DevicePipeline, ImageJob, ModelLoadError, ModelMissing
+from services.image_worker.pipeline import (
+    AttentionBackendUnavailable,
+    DevicePipeline,
+    ImageJob,
+    ModelLoadError,
+    ModelMissing,
+)
 from services.image_worker.settings import ImageSettings
 from shared.errors import InferenceTimeout, ModelUnavailable, Overloaded, PolicyBlocked, ValidationFailed
 from shared.metrics import ServiceMetrics
@@ -84,7 +91,12 @@ class ImageEngine:
             self.devices = resolve_devices(self.settings.devices)
             pipelines = [
                 DevicePipeline(
-                    self.settings.model_id, d, self.settings.dtype, self.settings.max_sequence_length
+                    self.settings.model_id,
+                    d,
+                    self.settings.dtype,
+                    self.settings.max_sequence_length,
+                    revision=self.settings.model_revision,
+                    vae_tiling_above=self.settings.vae_tiling_above,
                 )
                 for d in self.devices
             ]
@@ -115,6 +127,7 @@ class ImageEngine:
                 max_batch=self.settings.max_batch,
                 batch_wait_ms=self.settings.batch_wait_ms,
                 metrics=self.metrics,
+                max_batch_by_pixels=self.settings.max_batch_by_pixels,
             )
             self.batcher.start()
             self.state = "ok"
@@ -137,9 +150,10 @@ class ImageEngine:
         return public_model_id(self.settings.model_id, self.settings.served_model_name)
 
     def _warm_up(self, pipe: DevicePipeline) -> None:
-        # The first call pays for kernel selection and allocator growth; pay it before reporting healthy.
-        job = ImageJob("warm-up", None, 0, self.settings.default_width, self.settings.default_height, 1, 0.0)
-        pipe.run([job])
+        # The first call at a size pays for kernel selection, allocator growth and (with ``compile``) the
+        # compilation for that shape; pay it for every configured size before reporting healthy.
+        for width, height in self.settings.warmup_shapes:
+            pipe.run([ImageJob("warm-up", None, 0, width, height, 1, 0.0)])
 
     async def stop(self) -> None:
         if self.batcher is not None:
@@ -237,4 +251,9 @@ def _public_load_error(exc: Exception) -> str:
         return "the image model's files were not found on this worker"
     if isinstance(exc, SafetyCheckerUnavailable):
         return "the output safety checker could not be loaded"
+    if isinstance(exc, ModelFilesInvalid):
+        return "the image model's files on this worker are incomplete or truncated; fetch them again"
+    if isinstance(exc, AttentionBackendUnavailable):
+        # The name is the operator's own setting, not a secret; the library's reason stays in the log.
+        return f"attention backend {exc.backend} is not usable on this worker"
     return "the image model could not be loaded"

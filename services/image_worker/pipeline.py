@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from services.image_worker.model_files import verify_pipeline_dir
 from shared.image_params import image_seeds
 from shared.logging_config import quiet_progress_bars
 from shared.torch_devices import resolve_dtype
@@ -63,6 +65,14 @@ class ModelMissing(ModelLoadError):
     """The configured local model directory does not exist."""
 
 
+class AttentionBackendUnavailable(ModelLoadError):
+    """The configured attention backend is a diffusers name, but not usable here (package, GPU)."""
+
+    def __init__(self, backend: str, reason: str) -> None:
+        super().__init__(f"attention backend {backend} is not usable: {reason}")
+        self.backend = backend
+
+
 def caption_token_limit(axes_lens: list[int] | tuple[int, ...]) -> int:
     """The longest caption (in tokens) whose RoPE positions fit the transformer's first axis.
 
@@ -79,12 +89,37 @@ def looks_like_local_path(model_id: str) -> bool:
 
 
 class DevicePipeline:
-    def __init__(self, model_id: str, device: str, dtype_spec: str, max_sequence_length: int) -> None:
+    def __init__(
+        self,
+        model_id: str,
+        device: str,
+        dtype_spec: str,
+        max_sequence_length: int,
+        *,
+        revision: str | None = None,
+        vae_tiling_above: int = 0,
+    ) -> None:
         self.model_id = model_id
         self.device = device
         self.dtype = resolve_dtype(dtype_spec, device)
         self.max_sequence_length = max_sequence_length
+        self.revision = revision
+        self.vae_tiling_above = vae_tiling_above
         self.pipe: Any = None
+        # Pipeline calls per (width, height), warm-up included: whether a request is the first at its size.
+        self.calls_by_shape: Counter[tuple[int, int]] = Counter()
+        self.tiled_calls = 0
+
+    def local_dir(self) -> Path | None:
+        """The folder the pipeline loads from: the local path, or the hub cache's snapshot when present."""
+        if looks_like_local_path(self.model_id):
+            return Path(self.model_id).expanduser()
+        from huggingface_hub import snapshot_download
+
+        try:
+            return Path(snapshot_download(self.model_id, revision=self.revision, local_files_only=True))
+        except Exception:
+            return None
 
     def load(self, *, attention_backend: str | None = None, compile_transformer: bool = False) -> None:
         from diffusers import ZImagePipeline
@@ -93,8 +128,12 @@ class DevicePipeline:
 
         if looks_like_local_path(self.model_id) and not Path(self.model_id).expanduser().is_dir():
             raise ModelMissing(f"model path {self.model_id} does not exist")
+        # Checked before loading: a truncated shard otherwise fails inside diffusers with a library message.
+        folder = self.local_dir()
+        if folder is not None:
+            verify_pipeline_dir(folder)
         try:
-            pipe = ZImagePipeline.from_pretrained(self.model_id, dtype=self.dtype)
+            pipe = ZImagePipeline.from_pretrained(self.model_id, dtype=self.dtype, revision=self.revision)
         except Exception as exc:
             first_line = (str(exc).strip().splitlines() or [""])[0][:300]
             raise ModelLoadError(
@@ -111,10 +150,17 @@ class DevicePipeline:
                 self.max_sequence_length = limit
         pipe = pipe.to(self.device)
         pipe.set_progress_bar_config(disable=True)
+        if folder is None and (folder := self.local_dir()) is not None:
+            verify_pipeline_dir(folder)  # downloaded by from_pretrained just now
         if attention_backend:
-            pipe.transformer.set_attention_backend(attention_backend)
+            try:
+                pipe.transformer.set_attention_backend(attention_backend)
+            except (RuntimeError, ValueError, ImportError) as exc:
+                raise AttentionBackendUnavailable(attention_backend, str(exc)[:300]) from exc
         if compile_transformer:
-            pipe.transformer.compile()
+            # Regional compilation (the class's ``_repeated_blocks``, each ZImageTransformerBlock): blocks
+            # share a few compiled graphs, so start-up compiles a block or two, not the whole model.
+            pipe.transformer.compile_repeated_blocks()
         self.pipe = pipe
 
     def count_tokens(self, prompt: str) -> int:
@@ -149,6 +195,15 @@ class DevicePipeline:
         negative = None
         if first.negative_prompt is not None:
             negative = [job.negative_prompt or "" for job, _ in entries]
+        tiled = 0 < self.vae_tiling_above < max(first.width, first.height)
+        # Per call, not once at load: tiled decoding is slower and blends seams, so sizes at or under the
+        # threshold keep the plain decoder. Safe because one runner drives this pipeline at a time.
+        if tiled:
+            self.pipe.vae.enable_tiling()
+            self.tiled_calls += 1
+        else:
+            self.pipe.vae.disable_tiling()
+        self.calls_by_shape[(first.width, first.height)] += 1
         started = time.perf_counter()
         out = self.pipe(
             prompt=[job.prompt for job, _ in entries],

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from services.image_worker.batch_policy import DEFAULT_MAX_BATCH_BY_PIXELS
 from shared.image_params import MAX_GUIDANCE, MAX_IMAGES, MAX_STEPS
 from shared.roles import RoleName
 from shared.settings import ServiceSettings
@@ -21,6 +22,8 @@ class ImageSettings(ServiceSettings):
 
     role: Role = "general"
     model_id: str = "Tongyi-MAI/Z-Image-Turbo"
+    # A hub commit (or tag) pinned for both ``scripts/fetch_models.py`` and loading; empty: the main branch.
+    model_revision: str | None = None
     # The name responses and /healthz use; empty: the hub id, or a local path's last component.
     served_model_name: str | None = None
     # "auto": every CUDA device if any, else one CPU pipeline. "cuda:0,cuda:1" or "cpu,cpu" to choose.
@@ -39,13 +42,28 @@ class ImageSettings(ServiceSettings):
     max_guidance: float = Field(MAX_GUIDANCE, ge=0.0, le=MAX_GUIDANCE)
     max_sequence_length: int = Field(512, ge=16, le=4096)
 
+    # The most images one pipeline call holds, whatever the size; the table below lowers it by size.
     max_batch: int = Field(4, ge=1, le=64)
+    # Largest batch per image size: {max pixels: images}; the first row whose bound covers width x height
+    # applies, and larger images run one per call. JSON in the environment: '{"262144": 4, "1048576": 1}'.
+    max_batch_by_pixels: dict[int, int] = Field(default_factory=lambda: dict(DEFAULT_MAX_BATCH_BY_PIXELS))
     batch_wait_ms: float = Field(5.0, ge=0.0, le=1000.0)
     # Requests one worker holds at once (waiting or running); past it the worker answers 429 + Retry-After.
     queue_limit: int = Field(64, ge=1)
     warmup: bool = True
+    # Sizes ("1024x1024,768x1344") warmed up with one 1-step image each before /healthz says ok, so no
+    # client's first request at a size pays for kernel selection (and compilation with ``compile``).
+    # Empty: the default size only. Ignored when ``warmup`` is off.
+    warmup_sizes: str = ""
+    # A diffusers attention backend (diffusers' AttentionBackendName: "native", "flash", "_native_cudnn",
+    # "sage", ...); empty: the library default (PyTorch scaled_dot_product_attention).
     attention_backend: str | None = None
+    # torch.compile each repeated transformer block (regional compilation: the 34 blocks share a few block
+    # graphs instead of one whole-model graph); the warm-up sizes pay the compile time at start.
     compile: bool = False
+    # VAE decoding in tiles for images whose longer side is over this (px), bounding decoder memory at
+    # large sizes; 0: never.
+    vae_tiling_above: int = Field(1024, ge=0)
     # A caller waiting longer than this gets a 504; the pipeline call itself cannot be interrupted.
     inference_timeout_s: float = Field(300.0, gt=0)
     # "auto": check generated images on the routes whose role asks for it (shared/roles.py: general, shorts,
@@ -54,6 +72,38 @@ class ImageSettings(ServiceSettings):
     output_safety_threshold: float = Field(0.45, ge=0.0, le=1.0)
     # Empty: the detector bundled with nudenet.
     output_safety_model: str = ""
+
+    @field_validator("model_revision", mode="before")
+    @classmethod
+    def _no_revision_when_empty(cls, value: object) -> object:
+        # deploy.env leaves it empty for "the main branch": None, never the revision "".
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("attention_backend")
+    @classmethod
+    def _known_attention_backend(cls, value: str | None) -> str | None:
+        if not value or not value.strip():
+            return None
+        # Imported only when a backend is set: diffusers takes seconds to import.
+        from diffusers.models.attention_dispatch import AttentionBackendName
+
+        name = value.strip().lower()
+        known = sorted(b.value for b in AttentionBackendName)
+        if name not in known:
+            raise ValueError(f"unknown attention backend {value!r}; diffusers offers: {', '.join(known)}")
+        return name
+
+    @property
+    def warmup_shapes(self) -> list[tuple[int, int]]:
+        """(width, height) of each warm-up image: the default size, then ``warmup_sizes`` in order."""
+        shapes = [(self.default_width, self.default_height)]
+        for part in self.warmup_sizes.replace(" ", "").split(","):
+            if part:
+                width, _, height = part.lower().partition("x")
+                shape = (int(width), int(height))
+                if shape not in shapes:
+                    shapes.append(shape)
+        return shapes
 
     @model_validator(mode="after")
     def _defaults_within_bounds(self) -> ImageSettings:
@@ -66,7 +116,25 @@ class ImageSettings(ServiceSettings):
             raise ValueError("default_guidance is over max_guidance")
         if self.drain_timeout_s < self.inference_timeout_s:
             raise ValueError("drain_timeout_s must be at least inference_timeout_s")
+        self._warmup_sizes_valid()
+        for pixels, batch in self.max_batch_by_pixels.items():
+            if pixels < 256 or batch < 1:
+                raise ValueError(f"max_batch_by_pixels row {pixels}: {batch} needs pixels >= 256, batch >= 1")
         return self
+
+    def _warmup_sizes_valid(self) -> None:
+        for part in self.warmup_sizes.replace(" ", "").split(","):
+            if not part:
+                continue
+            width, sep, height = part.lower().partition("x")
+            if not (sep and width.isdigit() and height.isdigit()):
+                raise ValueError(f"warmup_sizes entry {part!r} is not WIDTHxHEIGHT")
+            w, h = int(width), int(height)
+            if w % 16 or h % 16 or max(w, h) > self.max_side or w * h > self.max_pixels or min(w, h) < 16:
+                raise ValueError(
+                    f"warmup size {part} is not a size this worker serves (multiples of 16, sides up to "
+                    f"{self.max_side}, up to {self.max_pixels} pixels)"
+                )
 
     @property
     def max_n(self) -> int:

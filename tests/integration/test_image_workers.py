@@ -342,3 +342,57 @@ def test_missing_model_fails_visibly(tmp_path: Path) -> None:
         # The operator still finds the cause: the path and the reason are in the worker's log.
         assert str(tmp_path / "no-such-model") in proc.logs() and "does not exist" in proc.logs()
         assert "image_base64" not in body
+
+
+def test_gpu_settings_over_http(tiny_models: dict[str, Path]) -> None:
+    """Warm-up sizes, an attention backend, VAE tiling and the batch table, set as an operator would."""
+    env = image_env(
+        tiny_models["zimage"],
+        IMAGE_WARMUP_SIZES="96x96",
+        IMAGE_ATTENTION_BACKEND="native",
+        IMAGE_VAE_TILING_ABOVE="64",
+        IMAGE_MAX_BATCH_BY_PIXELS='{"4096": 4, "16384": 1}',
+    )
+    with ServiceProcess("services.chat1to1_worker.main", env=env) as proc:
+        health = httpx.get(proc.url + "/healthz").json()
+        assert health["status"] == "ok"
+        assert health["max_batch_by_pixels"] == {"4096": 4, "16384": 1}
+        resp = httpx.post(
+            proc.url + ROLES["chat1to1"],
+            json=body_for("chat1to1", width=128, height=128),
+            headers=AUTH,
+            timeout=120,
+        )
+        assert resp.status_code == 200, resp.text
+        assert decode(resp.json()["image_base64"]).size == (128, 128)
+
+
+def test_unknown_attention_backend_stops_the_worker_with_the_choices(tiny_models: dict[str, Path]) -> None:
+    env = image_env(tiny_models["zimage"], IMAGE_ATTENTION_BACKEND="turbo-attn")
+    proc = ServiceProcess("services.chat1to1_worker.main", env=env)
+    with pytest.raises(RuntimeError, match="exited with"):
+        proc.start()
+    proc.stop()
+    assert "unknown attention backend 'turbo-attn'" in proc.logs()
+    assert "native" in proc.logs()
+
+
+def test_truncated_model_file_is_a_health_error(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    import shutil
+
+    model = Path(shutil.copytree(tiny_models["zimage"], tmp_path / "zimage"))
+    weights = model / "vae" / "diffusion_pytorch_model.safetensors"
+    with weights.open("r+b") as f:
+        f.truncate(weights.stat().st_size - 1000)
+    with ServiceProcess("services.chat1to1_worker.main", env=image_env(model), expect_status=503) as proc:
+        health = proc.wait_for_health(503).json()
+        deadline = time.monotonic() + 60
+        while health["status"] == "loading" and time.monotonic() < deadline:
+            time.sleep(0.2)
+            health = httpx.get(proc.url + "/healthz").json()
+        assert health["status"] == "error"
+        assert health["detail"] == (
+            "the image model's files on this worker are incomplete or truncated; fetch them again"
+        )
+        assert str(tmp_path) not in json.dumps(health)
+        assert "vae/diffusion_pytorch_model.safetensors is truncated" in proc.logs()

@@ -196,3 +196,34 @@ def test_longest_prompt_fits_a_short_rope_axis(tiny_models: dict[str, Path]) -> 
     out = with_engine(settings, scenario)
     assert out.result.image.size == (16, 16)
     assert out.prompt_truncated is True
+
+
+def test_default_batch_table_follows_the_measured_gains() -> None:
+    from services.image_worker.batch_policy import BatchPolicy
+
+    table = ImageSettings().max_batch_by_pixels
+    policy = BatchPolicy(4, table)
+    assert [policy.limit_for(s, s) for s in (256, 512, 768, 1024, 2048)] == [4, 4, 2, 1, 1]
+    assert policy.limit_for(768, 1344) == 1  # 1.03 Mpx: over the 768x768 row
+    assert BatchPolicy(2, table).limit_for(512, 512) == 2, "max_batch stays the bound over every size"
+    assert BatchPolicy(3, {}).limit_for(1024, 1024) == 3, "no table: max_batch for every size"
+
+
+def test_512px_requests_batch_up_to_four_and_1024px_ones_alone(tiny_models: dict[str, Path]) -> None:
+    """The default table on the real batcher: five 512x512 jobs make calls of 4 + 1, two 1024x1024 ones
+    two calls of 1, all submitted at once within the batch window."""
+    settings = settings_for(tiny_models["zimage"], max_side=1024, default_steps=1)
+
+    def one_step(seed: int, side: int) -> GenerationParams:
+        return GenerationParams("a red fox", None, seed, side, side, 1, None)
+
+    async def scenario(engine: ImageEngine) -> tuple[list[int], list[int], float]:
+        small = await asyncio.gather(*(engine.generate(one_step(s, 512), "chat1to1") for s in range(5)))
+        large = await asyncio.gather(*(engine.generate(one_step(s, 1024), "chat1to1") for s in range(2)))
+        calls = sample(engine, "imgpod_image_batch_size_count")
+        return [g.result.batch_size for g in small], [g.result.batch_size for g in large], calls
+
+    small, large, calls = with_engine(settings, scenario)
+    assert sorted(small) == [1, 4, 4, 4, 4]
+    assert large == [1, 1]
+    assert calls == 4.0

@@ -28,6 +28,8 @@ async def healthz(engine: EngineDep) -> JSONResponse:
     ).model_dump()
     body["concurrency"] = engine.batcher.concurrency if engine.batcher else 0
     body["max_batch"] = s.max_batch
+    # What a call holds by size ({max pixels: images}); max_batch above is the bound over all sizes.
+    body["max_batch_by_pixels"] = {str(k): v for k, v in sorted(s.max_batch_by_pixels.items())}
     body["limits"] = {
         "max_side": s.max_side,
         "max_pixels": s.max_pixels,
