@@ -11,15 +11,18 @@ from pydantic_settings import SettingsConfigDict
 from shared.roles import ChatKind
 from shared.settings import ServiceSettings
 
-Backend = Literal["transformers", "vllm"]
-GuardBackend = Literal["transformers", "vllm", "off"]
+# "openai": any OpenAI-compatible server at LLM_VLLM_BASE_URL (vLLM on the pod, llama.cpp's server on a CPU
+# box). "vllm" is the same client under its first name, kept for existing env files; deploy_service.sh
+# starts a vLLM server beside the service for it only.
+Backend = Literal["transformers", "openai", "vllm"]
+GuardBackend = Literal["transformers", "openai", "vllm", "off"]
 
 
 class LlmSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="LLM_", extra="ignore", validate_default=True)
     yaml_section: ClassVar[str] = "llm"
 
-    # Which engine answers: the in-process transformers model, or a vLLM server beside the service.
+    # Which engine answers: the in-process transformers model, or an OpenAI-compatible server (vllm/openai).
     backend: Backend = "vllm"
     model_id: str = "Qwen/Qwen2.5-7B-Instruct"
     # The name response bodies and /healthz give the model (like vLLM's --served-model-name). Unset: model_id
@@ -32,6 +35,7 @@ class LlmSettings(ServiceSettings):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     warmup: bool = True
 
+    # The OpenAI-compatible server's base URL (without /v1), for LLM_BACKEND=openai or vllm.
     vllm_base_url: str = "http://127.0.0.1:8001"
     vllm_api_key: SecretStr | None = None
     connect_timeout_s: float = Field(3.0, gt=0)

@@ -8,8 +8,16 @@ Two faces, each answering what the test scripted through ``POST /script``:
   model id (``SCRIPTED_GUARD_MODEL`` gets the guard's text, any other id the chat text). It tests what the
   LLM service does with a guard's verdict on its captions and replies, which random weights cannot reach.
 
-The real guard's path (the tiny Qwen3Guard through the transformers and vLLM backends) is tested against
-the real model. Tests start this as a uvicorn subprocess (``ServiceProcess("tests.helpers.scripted_llm")``).
+It also replays a real server's failures byte for byte (``chat_reply`` / ``models_reply``: a status, a raw
+body and headers), so the LLM service's OpenAI client is tested on the exact error bodies vLLM sends
+(tests/unit/test_vllm_errors.py quotes them, with vLLM's files and commits), and on a ``/v1/models`` that
+answers before it lists the model, as a server that is still starting does.
+
+It is not the LLM: generation through a real OpenAI-compatible server is tested against llama.cpp's server
+on the tiny Qwen2 (tests/integration/test_llm_openai_server.py), and against the service's own
+``/v1/chat/completions`` (tests/integration/test_llm_service.py). The real guard's path (the tiny
+Qwen3Guard through the transformers and vLLM backends) is tested against the real model. Tests start this as
+a uvicorn subprocess (``ServiceProcess("tests.helpers.scripted_llm")``).
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ import os
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 DEFAULT_SCRIPT: dict[str, Any] = {
     "verdict": "safe",
@@ -28,7 +36,15 @@ DEFAULT_SCRIPT: dict[str, Any] = {
     "status": 200,
     "guard_text": "Safety: Safe\nCategories: None",
     "chat_text": "A quiet afternoon by the lake with friends, warm light and a happy little dog.",
+    # {"status": int, "body": str (sent as is), "headers": {...}} replaces the chat / model-list answer.
+    "chat_reply": None,
+    "models_reply": None,
 }
+
+
+def raw_reply(reply: dict[str, Any]) -> Response:
+    headers = {"content-type": "application/json", **reply.get("headers", {})}
+    return Response(reply.get("body", "").encode(), status_code=int(reply["status"]), headers=headers)
 
 
 def create_app() -> FastAPI:
@@ -71,8 +87,10 @@ def create_app() -> FastAPI:
         )
 
     @app.get("/v1/models")
-    async def list_models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": m, "object": "model"} for m in models]}
+    async def list_models() -> Response:
+        if reply := app.state.script["models_reply"]:
+            return raw_reply(reply)
+        return JSONResponse({"object": "list", "data": [{"id": m, "object": "model"} for m in models]})
 
     @app.post("/v1/chat/completions")
     async def completions(request: Request) -> JSONResponse:
@@ -81,6 +99,8 @@ def create_app() -> FastAPI:
         app.state.calls["guard" if is_guard else "chat"] += 1
         if is_guard and (failure := await scripted_failure()):
             return failure
+        if not is_guard and (reply := app.state.script["chat_reply"]):
+            return raw_reply(reply)
         text = app.state.script["guard_text" if is_guard else "chat_text"]
         return JSONResponse(
             {

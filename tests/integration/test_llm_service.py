@@ -9,6 +9,8 @@ traits, safety clause, word counts or 502), not the content.
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -508,3 +510,97 @@ def test_overlapping_expansions_are_all_trimmed_alike(
         assert_trimmed_at_a_comma(body, tiny_models)
     assert len({(b["prompt"], b["prompt_tokens"]) for b in bodies}) == 1
     assert trimmed_total(url) == before + 8
+
+
+# --- vLLM's own error bodies and startup, replayed byte for byte (tests/unit/test_vllm_errors.py) ---------
+
+
+@pytest.fixture(scope="module")
+def replay_stack(tiny_models: dict[str, Path]) -> Iterator[dict[str, ServiceProcess]]:
+    """The LLM service's OpenAI client in front of the fault injector (tests/helpers/scripted_llm.py), which
+    answers each error body exactly as vLLM sends it."""
+    model = str(tiny_models["qwen_lm"])
+    injector = ServiceProcess("tests.helpers.scripted_llm", env={"SCRIPTED_MODELS": model})
+    llm = ServiceProcess(
+        "services.llm_service.main",
+        env=_env(tiny_models, LLM_BACKEND="vllm", LLM_VLLM_BASE_URL=injector.url, LLM_INTERNAL_TOKEN=TOKEN_B),
+    )
+    with all_running([injector, llm]):
+        yield {"injector": injector, "llm": llm}
+
+
+def _script(injector: ServiceProcess, **script: object) -> None:
+    httpx.post(injector.url + "/script", json=script, timeout=TIMEOUT).raise_for_status()
+
+
+def _replay_cases() -> list[tuple[str, int, bytes, int, str]]:
+    from tests.unit.test_vllm_errors import CASES
+
+    return [(name, status, body, kind.status_code, kind.code) for name, status, body, kind, _ in CASES]
+
+
+@pytest.mark.parametrize(("name", "status", "body", "public_status", "code"), _replay_cases())
+def test_vllm_error_bodies_over_http_map_to_public_errors_and_logs(
+    replay_stack: dict[str, ServiceProcess],
+    name: str,
+    status: int,
+    body: bytes,
+    public_status: int,
+    code: str,
+) -> None:
+    injector, llm = replay_stack["injector"], replay_stack["llm"]
+    _script(injector, chat_reply={"status": status, "body": body.decode()})
+    try:
+        resp = post((llm.url, {"Authorization": f"Bearer {TOKEN_B}"}), "/v1/chat/1to1/reply",
+                    {"message": "hi", "persona": PERSONA})  # fmt: skip
+    finally:
+        _script(injector)
+    got = assert_error(resp, public_status, code)
+    upstream = json.loads(body).get("error", json.loads(body)) if body.startswith(b"{") else {}
+    message = upstream.get("message") if isinstance(upstream, dict) else None
+    if isinstance(message, str):
+        assert message not in resp.text and "secret-path" not in resp.text
+        # The upstream words are in the service's log, on the line that carries this request's id.
+        lines = [json.loads(line) for line in llm.logs().splitlines() if line.startswith("{")]
+        assert any(
+            rec.get("request_id") == got["request_id"] and rec.get("upstream_message") == message
+            for rec in lines
+        )
+
+
+def test_ready_only_once_v1_models_lists_the_model(replay_stack: dict[str, ServiceProcess]) -> None:
+    """A server that answers /v1/models without our model (or with 503, as one warming up) is "loading";
+    the service is ready (200) the moment the list names it."""
+    injector, llm = replay_stack["injector"], replay_stack["llm"]
+    # A fresh service process, so it has never seen the model listed.
+    fresh = ServiceProcess("services.llm_service.main", env={**llm.extra_env, "LLM_INTERNAL_TOKEN": TOKEN_A},
+                           wait_healthy=False)  # fmt: skip
+    _script(injector, models_reply={"status": 200, "body": '{"object": "list", "data": []}'})
+    try:
+        with fresh:
+            health = _health_once_connected(fresh)
+            assert health["status"] == "loading" and "does not serve" in health["detail"]
+            _script(injector, models_reply={"status": 503, "body": ""})
+            health = httpx.get(fresh.url + "/healthz", timeout=TIMEOUT)
+            assert health.status_code == 503 and health.json()["status"] == "loading"
+            _script(injector)
+            assert fresh.wait_for_health(200).json()["status"] == "ok"
+    finally:
+        _script(injector)
+
+
+def _health_once_connected(svc: ServiceProcess, timeout_s: float = 60.0) -> dict[str, Any]:
+    """/healthz once the service has loaded its tokenizer and probed the server (its detail names it)."""
+    deadline = time.monotonic() + timeout_s
+    body: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        try:
+            resp = httpx.get(svc.url + "/healthz", timeout=TIMEOUT)
+            body = resp.json()
+            if "vllm" in (body.get("detail") or ""):
+                assert resp.status_code == 503
+                return body
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"no probe result in {timeout_s}s: {body}\n{svc.logs()[-2000:]}")

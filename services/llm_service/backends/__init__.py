@@ -7,10 +7,10 @@ from services.llm_service.settings import LlmSettings
 
 
 def make_backend(settings: LlmSettings) -> ChatBackend:
-    if settings.backend == "vllm":
-        from services.llm_service.backends.vllm_backend import VllmBackend
+    if settings.backend in ("openai", "vllm"):
+        from services.llm_service.backends.vllm_backend import OpenAIServerBackend
 
-        return VllmBackend(settings)
+        return OpenAIServerBackend(settings)
     from services.llm_service.backends.transformers_backend import TransformersBackend
 
     return TransformersBackend(settings)

@@ -1,7 +1,10 @@
-"""Production backend: a client of a vLLM server's OpenAI-compatible chat-completions API.
+"""Production backend: a client of an OpenAI-compatible chat-completions server (``LLM_BACKEND=openai``,
+or ``vllm``, its first name).
 
-vLLM runs beside this service on the LLM pod (its own venv, started by the deploy script); this code only
-speaks HTTP to it. History is budgeted with the model's own tokenizer, loaded locally (tokenizer files only).
+On the LLM pod the server is vLLM, beside this service (its own venv, started by the deploy script); on a CPU
+box it can be llama.cpp's server (scripts/install_llama_cpp.sh; tested in
+tests/integration/test_llm_openai_server.py). This code only speaks HTTP to it; error answers are read by
+openai_errors.py. History is budgeted with the model's own tokenizer, loaded locally (tokenizer files only).
 """
 
 from __future__ import annotations
@@ -14,31 +17,32 @@ from typing import Any
 import httpx
 
 from services.llm_service.backends.base import ChatMessage, ChatResult
+from services.llm_service.backends.openai_errors import error_for
 from services.llm_service.settings import LlmSettings
-from shared.errors import (
-    ImgPodError,
-    InferenceFailed,
-    ModelUnavailable,
-    UpstreamFailed,
-    ValidationFailed,
-)
-from shared.http_client import RetryableUpstreamError, map_status, map_transport_error
+from shared.errors import ImgPodError, ModelUnavailable, UpstreamFailed
+from shared.http_client import RetryableUpstreamError, map_transport_error
 from shared.public_names import public_model_id
 
 log = logging.getLogger(__name__)
 STAGE = "vllm"
 
 
-class VllmBackend:
-    name = "vllm"
+class OpenAIServerBackend:
+    name = "openai"
 
     def __init__(self, settings: LlmSettings) -> None:
         self.settings = settings
+        # What /healthz and the logs call it: the configured name, so LLM_BACKEND=vllm still reads "vllm".
+        self.name = settings.backend
         self.model_id = settings.model_id
         self.device: str | None = "remote"
         self.dtype: str | None = None
         self._tokenizer: Any = None
         self._client: httpx.AsyncClient | None = None
+        # False until /v1/models has listed our model once: until then the server is starting (it answers,
+        # but not yet with our model), and /healthz says "loading" rather than "error".
+        self.served_once = False
+        self._answered = False
 
     def _headers(self) -> dict[str, str]:
         key = self.settings.vllm_api_key
@@ -60,7 +64,9 @@ class VllmBackend:
         # Not fatal: vLLM may still be loading its weights; /healthz reports it until it answers.
         reason = await self.health()
         if reason:
-            log.warning("vllm not ready yet", extra={"reason": reason, "url": self.settings.vllm_base_url})
+            log.warning(
+                "llm server not ready yet", extra={"reason": reason, "url": self.settings.vllm_base_url}
+            )
 
     async def stop(self) -> None:
         if self._client is not None:
@@ -69,21 +75,37 @@ class VllmBackend:
 
     async def health(self) -> str | None:
         """The server is up and serves our model id (``GET /v1/models``)."""
+        reason = await self._probe()
+        if reason is None:
+            self.served_once = True
+        return reason
+
+    @property
+    def starting(self) -> bool:
+        """The server answers but has not listed our model yet (vLLM warming up, a proxy before it is up).
+
+        Unreachable is not "starting": it stays an error, since nothing says a server is coming."""
+        return self._answered and not self.served_once
+
+    async def _probe(self) -> str | None:
         if self._client is None:
             return "backend not started"
         try:
             resp = await self._client.get("/v1/models", timeout=self.settings.health_timeout_s)
         except httpx.HTTPError as exc:
-            return f"vllm unreachable ({type(exc).__name__})"
+            self._answered = False
+            return f"{self.name} unreachable ({type(exc).__name__})"
+        self._answered = True
         if resp.status_code != 200:
-            return f"vllm answered {resp.status_code} on /v1/models"
+            return f"{self.name} answered {resp.status_code} on /v1/models"
         try:
             ids = {m.get("id") for m in resp.json().get("data", [])}
-        except (ValueError, AttributeError):
-            return "vllm sent an unreadable model list"
+        except (ValueError, AttributeError, TypeError):
+            return f"{self.name} sent an unreadable model list"
         if self.model_id not in ids:
             # This reason is shown on the unauthenticated /healthz: the public name, never a path.
-            return f"vllm does not serve {public_model_id(self.model_id, self.settings.served_model_name)!r}"
+            public = public_model_id(self.model_id, self.settings.served_model_name)
+            return f"{self.name} does not serve {public!r}"
         return None
 
     def count_tokens(self, text: str) -> int:
@@ -103,7 +125,7 @@ class VllmBackend:
         seed: int | None = None,
     ) -> ChatResult:
         if self._client is None:
-            raise ModelUnavailable("vllm backend is not started")
+            raise ModelUnavailable("the LLM server backend is not started")
         payload: dict[str, Any] = {
             "model": self.model_id,
             "messages": list(messages),
@@ -121,14 +143,9 @@ class VllmBackend:
             resp = await self._client.post("/v1/chat/completions", json=payload)
         except httpx.HTTPError as exc:
             raise _as_unavailable(map_transport_error(exc, STAGE)) from exc
-        error = map_status(resp, STAGE)
+        error = error_for(resp, STAGE)
         if error is not None:
-            if resp.status_code in (400, 422):
-                raise ValidationFailed(f"the LLM rejected the input ({error.detail})", stage=STAGE)
-            if resp.status_code in (401, 403):
-                # A wrong LLM_VLLM_API_KEY is our misconfiguration, not the client's fault.
-                raise InferenceFailed("vllm refused our credentials (check LLM_VLLM_API_KEY)", stage=STAGE)
-            raise _as_unavailable(error)
+            raise error
         return _parse_completion(resp, self.model_id)
 
 
@@ -154,3 +171,7 @@ def _parse_completion(resp: httpx.Response, model_id: str) -> ChatResult:
         )
     except (ValueError, KeyError, IndexError, TypeError) as exc:
         raise UpstreamFailed("vllm sent an unreadable chat completion", stage=STAGE) from exc
+
+
+# The class's first name: tests and older code import it.
+VllmBackend = OpenAIServerBackend

@@ -19,9 +19,13 @@ async def healthz(engine: EngineDep) -> JSONResponse:
     change the status: a guard that is down refuses its own checks (503), it does not take the chat away.
     """
     state, detail = await engine.health()
+    backend = engine.backend
+    if state == "error" and getattr(backend, "starting", False):
+        # An OpenAI server that answers but does not list our model yet is still starting: not ready, and
+        # not a failure either (the fallback is not "degraded" for it).
+        state = "loading"
     if state == "error" and engine.settings.template_fallback:
         state = "degraded"
-    backend = engine.backend
     body = HealthResponse(
         status=state,
         service="llm_service",
