@@ -12,6 +12,8 @@
 #   IMG_POD_VENV       virtualenv to install into and run from (default: ./.venv)
 #   IMG_POD_SKIP_INSTALL=1  skip pip (the venv must already have everything)
 #   IMG_POD_SKIP_FETCH=1    skip model download
+#   IMG_POD_SKIP_PREFLIGHT=1  skip the check that the role fits the GPU (scripts/preflight.py)
+#   IMG_POD_GPU_MEM_GB GPU memory (GiB) the preflight sizes against (default: nvidia-smi's; neither: skipped)
 #   PORT               port to listen on (default: the service's pod port, DEPLOYMENT.md)
 #   HOST               bind address (default 0.0.0.0: pods are reached through their proxy)
 #   RUN_DIR            where pid files go (default /tmp)
@@ -75,6 +77,19 @@ if [ "${IMG_POD_SKIP_INSTALL:-0}" != 1 ]; then
 fi
 py="$venv/bin/python"
 [ -x "$py" ] || py=${PYTHON:-python3}
+
+# --- preflight: does the role fit the GPU? Before any weight is downloaded --------------------------
+if [ "$name" != interface ] && [ "${IMG_POD_SKIP_PREFLIGHT:-0}" != 1 ]; then
+  gpu_args=()
+  [ -n "${IMG_POD_GPU_MEM_GB:-}" ] && gpu_args=(--gpu-mem-gb "$IMG_POD_GPU_MEM_GB")
+  if [ ${#gpu_args[@]} -eq 0 ] && ! command -v nvidia-smi >/dev/null 2>&1; then
+    echo "preflight skipped: no nvidia-smi here and no IMG_POD_GPU_MEM_GB to size $name against"
+  elif ! "$py" -m scripts.preflight "$name" "${gpu_args[@]}"; then
+    echo "stopping: $name does not fit this GPU as configured (the preflight above says which setting it" \
+      "needs, if any); nothing was downloaded. IMG_POD_SKIP_PREFLIGHT=1 deploys anyway." >&2
+    exit 1
+  fi
+fi
 
 # --- models ------------------------------------------------------------------------------------------
 if [ "${IMG_POD_SKIP_FETCH:-0}" != 1 ]; then

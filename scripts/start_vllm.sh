@@ -5,8 +5,10 @@
 # (VLLM_NAME=vllm-guard, its own model, port and memory share).
 #
 #   VLLM_VENV (default ./.venv-vllm), VLLM_PORT (8001), VLLM_MODEL (default LLM_MODEL_ID, itself default
-#   Qwen/Qwen2.5-7B-Instruct), VLLM_NAME (vllm: names the pid and log files), VLLM_MAX_MODEL_LEN (8192),
-#   VLLM_GPU_MEMORY_UTILIZATION (0.90), VLLM_EXTRA_ARGS, RUN_DIR, LOG_DIR
+#   Qwen/Qwen2.5-7B-Instruct), VLLM_NAME (vllm: names the pid and log files), VLLM_MAX_MODEL_LEN,
+#   VLLM_GPU_MEMORY_UTILIZATION, VLLM_MAX_NUM_SEQS (unset: chosen from the GPU's memory by
+#   scripts/vllm_flags.py, which explains each number), VLLM_EXTRA_ARGS (last, so its flags win), RUN_DIR,
+#   LOG_DIR
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=scripts/lib/services.sh
@@ -30,12 +32,25 @@ if [ ! -x "$venv/bin/vllm" ] && [ "${IMG_POD_SKIP_INSTALL:-0}" != 1 ]; then
   "$venv/bin/python" -m pip install -q --upgrade pip
   "$venv/bin/python" -m pip install -q -r "$repo/requirements.llm.txt"
 fi
-echo "starting vLLM ($model) on 127.0.0.1:$port, log $log_file"
+# Flags by the GPU found; env overrides win. The guard's own server (VLLM_NAME=vllm-guard) is the guest:
+# only the chat model's server leaves room for it.
+gpu_mib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -n 1 || true)
+guard_flag=()
+if [ "$name" != vllm-guard ] && [ "${LLM_GUARD_BACKEND:-vllm}" = vllm ]; then guard_flag=(--guard); fi
+read -r auto_len auto_share auto_seqs < <(
+  cd "$repo" && "${PYTHON:-python3}" -m scripts.vllm_flags --gpu-mem-mib "$gpu_mib" "${guard_flag[@]}"
+)
+max_model_len=${VLLM_MAX_MODEL_LEN:-$auto_len}
+share=${VLLM_GPU_MEMORY_UTILIZATION:-$auto_share}
+max_num_seqs=${VLLM_MAX_NUM_SEQS:-$auto_seqs}
+echo "starting vLLM ($model) on 127.0.0.1:$port (GPU ${gpu_mib:-unknown} MiB: max-model-len $max_model_len," \
+  "gpu-memory-utilization $share, max-num-seqs $max_num_seqs), log $log_file"
+# Prefix caching: every request repeats the same system prompt, whose KV blocks are then computed once.
 # shellcheck disable=SC2086
 setsid nohup "$venv/bin/python" -m vllm.entrypoints.openai.api_server \
   --model "$model" --served-model-name "$model" --host 127.0.0.1 --port "$port" \
-  --dtype bfloat16 --max-model-len "${VLLM_MAX_MODEL_LEN:-8192}" \
-  --gpu-memory-utilization "${VLLM_GPU_MEMORY_UTILIZATION:-0.90}" ${VLLM_EXTRA_ARGS:-} \
+  --dtype bfloat16 --max-model-len "$max_model_len" --gpu-memory-utilization "$share" \
+  --max-num-seqs "$max_num_seqs" --enable-prefix-caching ${VLLM_EXTRA_ARGS:-} \
   >>"$log_file" 2>&1 </dev/null &
 echo $! >"$pid_file"
 deadline=$((SECONDS + ${VLLM_HEALTH_TIMEOUT_S:-1200}))

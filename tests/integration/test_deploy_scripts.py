@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -131,3 +132,92 @@ def test_deploy_fails_visibly_when_the_model_is_missing(pod: dict[str, str], tmp
     result = deploy({**pod, "HEALTH_TIMEOUT_S": "20"})
     assert result.returncode != 0
     assert "does not exist" in result.stdout + result.stderr
+
+
+def test_deploy_stops_before_downloading_when_the_role_cannot_fit(pod: dict[str, str]) -> None:
+    """The real Z-Image Turbo (sized from its shipped configs) on an 8 GB GPU: the preflight says no, and the
+    deploy stops with that message before the weights are fetched or anything is started."""
+    env_file = Path(pod["IMG_POD_ENV_FILE"])
+    env_file.write_text(env_file.read_text() + "IMAGE_MODEL_ID=Tongyi-MAI/Z-Image-Turbo\n")
+    result = deploy({**pod, "IMG_POD_GPU_MEM_GB": "8"})
+    assert result.returncode == 1
+    assert "does not fit" in result.stdout
+    assert "weights 19.1 GB" in result.stdout
+    assert "chat1to1 does not fit this GPU as configured" in result.stderr
+    assert "nothing was downloaded" in result.stderr
+    assert "fetching" not in result.stdout
+    assert not (Path(pod["RUN_DIR"]) / "img_pod-chat1to1.pid").exists()
+
+
+# --- scripts/start_vllm.sh: flags by the GPU, with a fake nvidia-smi and a fake vLLM ------------------------
+
+FAKE_VLLM = """#!{python}
+# Records its argv, then answers 200 on every path like a vLLM server that is up.
+import http.server, json, os, sys
+with open(os.environ["FAKE_VLLM_ARGV"], "w") as f:
+    json.dump(sys.argv[1:], f)
+port = int(sys.argv[sys.argv.index("--port") + 1])
+class Ok(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers(); self.wfile.write(b"{{}}")
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", port), Ok).serve_forever()
+"""
+
+
+def start_fake_vllm(tmp_path: Path, gpu_mib: str, **env: str) -> list[str]:
+    """Run start_vllm.sh with ``nvidia-smi`` reporting ``gpu_mib``; the argv vLLM would have been given."""
+    bin_dir, venv_bin = tmp_path / "bin", tmp_path / "venv" / "bin"
+    bin_dir.mkdir()
+    venv_bin.mkdir(parents=True)
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text(f"#!/bin/sh\nprintf '{gpu_mib}\\n{gpu_mib}\\n'\n")
+    (venv_bin / "python").write_text(FAKE_VLLM.format(python=sys.executable))
+    (venv_bin / "vllm").write_text("#!/bin/sh\n")
+    for tool in (smi, venv_bin / "python", venv_bin / "vllm"):
+        tool.chmod(0o755)
+    argv_file = tmp_path / "argv.json"
+    run_env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "VLLM_VENV": str(tmp_path / "venv"),
+        "VLLM_PORT": str(free_port()),
+        "RUN_DIR": str(tmp_path),
+        "LOG_DIR": str(tmp_path),
+        "FAKE_VLLM_ARGV": str(argv_file),
+        "VLLM_HEALTH_TIMEOUT_S": "30",
+        **env,
+    }
+    result = subprocess.run(
+        ["bash", str(REPO_ROOT / "scripts/start_vllm.sh")],
+        env=run_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    pid_file = tmp_path / "img_pod-vllm.pid"
+    if pid_file.exists() and alive(pid := int(pid_file.read_text())):
+        os.kill(pid, signal.SIGKILL)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return list(json.loads(argv_file.read_text()))
+
+
+def flag(argv: list[str], name: str) -> str:
+    return argv[argv.index(name) + 1]
+
+
+def test_start_vllm_picks_flags_from_the_gpu_and_caches_prefixes(tmp_path: Path) -> None:
+    argv = start_fake_vllm(tmp_path, "81559")  # an 80 GB card, the guard on it (LLM_GUARD_BACKEND default)
+    assert argv[:2] == ["-m", "vllm.entrypoints.openai.api_server"]
+    assert flag(argv, "--max-model-len") == "8192" and flag(argv, "--gpu-memory-utilization") == "0.80"
+    assert flag(argv, "--max-num-seqs") == "64" and "--enable-prefix-caching" in argv
+
+
+def test_start_vllm_env_overrides_win(tmp_path: Path) -> None:
+    env = {"LLM_GUARD_BACKEND": "off", "VLLM_MAX_NUM_SEQS": "4", "VLLM_EXTRA_ARGS": "--max-model-len 1024"}
+    argv = start_fake_vllm(tmp_path, "23034", **env)  # an L4, no guard
+    assert flag(argv, "--gpu-memory-utilization") == "0.90" and flag(argv, "--max-num-seqs") == "4"
+    # The table's 4096 is passed, and VLLM_EXTRA_ARGS comes after it: vLLM's parser keeps the last value.
+    assert flag(argv, "--max-model-len") == "4096" and argv[-2:] == ["--max-model-len", "1024"]
+    assert "--enable-prefix-caching" in argv
