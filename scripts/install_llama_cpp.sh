@@ -59,7 +59,9 @@ PY
 fi
 
 fetch_sources
-wheel=$(find "$cache/wheels" -maxdepth 1 -name "llama_cpp_python-$version-*.whl" 2>/dev/null | head -n 1)
+# Made first: find on a missing folder fails, and under pipefail that failure would end the script here.
+mkdir -p "$cache/wheels"
+wheel=$(find "$cache/wheels" -maxdepth 1 -name "llama_cpp_python-$version-*.whl" | head -n 1)
 if [ -z "$wheel" ]; then
   echo "building llama-cpp-python $version (CPU only, ${LLAMA_CPP_BUILD_JOBS:-2} jobs): minutes" >&2
   start=$SECONDS
