@@ -107,6 +107,7 @@ if [ "$name" = llm ]; then
   if [ "$guard_on_vllm" = 1 ]; then
     # The guard's port must match LLM_GUARD_VLLM_BASE_URL (default http://127.0.0.1:8008).
     VLLM_NAME=vllm-guard VLLM_MODEL=${LLM_GUARD_MODEL_ID:-Qwen/Qwen3Guard-Gen-0.6B} \
+      VLLM_REVISION=${LLM_GUARD_MODEL_REVISION:-} \
       VLLM_PORT=${GUARD_VLLM_PORT:-8008} VLLM_MAX_MODEL_LEN=${GUARD_VLLM_MAX_MODEL_LEN:-8192} \
       VLLM_GPU_MEMORY_UTILIZATION=${GUARD_VLLM_GPU_MEMORY_UTILIZATION:-0.10} \
       VLLM_EXTRA_ARGS=${GUARD_VLLM_EXTRA_ARGS:-} bash "$repo/scripts/start_vllm.sh"

@@ -111,15 +111,15 @@ def main(name: str) -> int:
         from services.llm_service.settings import LlmSettings
 
         llm = LlmSettings()
-        fetch_hub_model(llm.model_id)
+        fetch_hub_model(llm.model_id, llm.model_revision)
         if llm.guard_backend != "off":
-            fetch_hub_model(llm.guard_model_id)
+            fetch_hub_model(llm.guard_model_id, llm.guard_model_revision)
     elif name == "selfie_feature":
         from services.selfie_feature_worker.settings import SelfieSettings
 
         selfie = SelfieSettings()
         fetch_detector(selfie)
-        fetch_hub_model(selfie.vlm_model)
+        fetch_hub_model(selfie.vlm_model, selfie.vlm_revision)
     elif name in ("profile", "chat1to1", "shorts", "scenes"):
         from services.image_worker.settings import ImageSettings
 

@@ -5,7 +5,8 @@
 # (VLLM_NAME=vllm-guard, its own model, port and memory share).
 #
 #   VLLM_VENV (default ./.venv-vllm), VLLM_PORT (8001), VLLM_MODEL (default LLM_MODEL_ID, itself default
-#   Qwen/Qwen2.5-7B-Instruct), VLLM_NAME (vllm: names the pid and log files), VLLM_MAX_MODEL_LEN,
+#   Qwen/Qwen2.5-7B-Instruct), VLLM_REVISION (default LLM_MODEL_REVISION; empty: the main branch),
+#   VLLM_NAME (vllm: names the pid and log files), VLLM_MAX_MODEL_LEN,
 #   VLLM_GPU_MEMORY_UTILIZATION, VLLM_MAX_NUM_SEQS (unset: chosen from the GPU's memory by
 #   scripts/vllm_flags.py, which explains each number), VLLM_EXTRA_ARGS (last, so its flags win), RUN_DIR,
 #   LOG_DIR
@@ -18,6 +19,10 @@ venv=${VLLM_VENV:-$repo/.venv-vllm}
 port=${VLLM_PORT:-8001}
 model=${VLLM_MODEL:-${LLM_MODEL_ID:-Qwen/Qwen2.5-7B-Instruct}}
 name=${VLLM_NAME:-vllm}
+# Set but empty (the guard's server when its revision is unset) means no pin, not the chat model's.
+revision=${VLLM_REVISION-${LLM_MODEL_REVISION:-}}
+revision_flag=()
+if [ -n "$revision" ]; then revision_flag=(--revision "$revision"); fi
 run_dir=${RUN_DIR:-/tmp}
 log_file="${LOG_DIR:-/tmp}/$name-$port.log"
 pid_file="$run_dir/img_pod-$name.pid"
@@ -48,7 +53,7 @@ echo "starting vLLM ($model) on 127.0.0.1:$port (GPU ${gpu_mib:-unknown} MiB: ma
 # Prefix caching: every request repeats the same system prompt, whose KV blocks are then computed once.
 # shellcheck disable=SC2086
 setsid nohup "$venv/bin/python" -m vllm.entrypoints.openai.api_server \
-  --model "$model" --served-model-name "$model" --host 127.0.0.1 --port "$port" \
+  --model "$model" "${revision_flag[@]}" --served-model-name "$model" --host 127.0.0.1 --port "$port" \
   --dtype bfloat16 --max-model-len "$max_model_len" --gpu-memory-utilization "$share" \
   --max-num-seqs "$max_num_seqs" --enable-prefix-caching ${VLLM_EXTRA_ARGS:-} \
   >>"$log_file" 2>&1 </dev/null &

@@ -52,6 +52,15 @@ UrlList = Annotated[list[str], NoDecode, BeforeValidator(parse_url_list)]
 StrList = Annotated[list[str], NoDecode, BeforeValidator(parse_str_list)]
 
 
+def _blank_is_none(value: Any) -> Any:
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+# A model repo's revision (a commit pins it; a tag or branch follows it). deploy.env's empty "KEY=" is
+# none: the main branch at fetch time, never the revision "".
+Revision = Annotated[str | None, BeforeValidator(_blank_is_none)]
+
+
 class YamlSectionSource(PydanticBaseSettingsSource):
     """Reads ``common`` then ``<section>`` from the YAML file named by ``CONFIG_FILE``."""
 

@@ -10,7 +10,7 @@ from pydantic_settings import SettingsConfigDict
 from services.image_worker.batch_policy import DEFAULT_MAX_BATCH_BY_PIXELS
 from shared.image_params import MAX_GUIDANCE, MAX_IMAGES, MAX_STEPS
 from shared.roles import RoleName
-from shared.settings import ServiceSettings
+from shared.settings import Revision, ServiceSettings
 
 # A worker's role picks its own route (besides /v1/generate); the policy of each role is in shared/roles.py.
 Role = RoleName
@@ -23,7 +23,7 @@ class ImageSettings(ServiceSettings):
     role: Role = "general"
     model_id: str = "Tongyi-MAI/Z-Image-Turbo"
     # A hub commit (or tag) pinned for both ``scripts/fetch_models.py`` and loading; empty: the main branch.
-    model_revision: str | None = None
+    model_revision: Revision = None
     # The name responses and /healthz use; empty: the hub id, or a local path's last component.
     served_model_name: str | None = None
     # "auto": every CUDA device if any, else one CPU pipeline. "cuda:0,cuda:1" or "cpu,cpu" to choose.
@@ -72,12 +72,6 @@ class ImageSettings(ServiceSettings):
     output_safety_threshold: float = Field(0.45, ge=0.0, le=1.0)
     # Empty: the detector bundled with nudenet.
     output_safety_model: str = ""
-
-    @field_validator("model_revision", mode="before")
-    @classmethod
-    def _no_revision_when_empty(cls, value: object) -> object:
-        # deploy.env leaves it empty for "the main branch": None, never the revision "".
-        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("attention_backend")
     @classmethod

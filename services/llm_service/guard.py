@@ -37,6 +37,7 @@ def guard_backend_settings(settings: LlmSettings) -> LlmSettings:
         update={
             "backend": settings.guard_backend,
             "model_id": settings.guard_model_id,
+            "model_revision": settings.guard_model_revision,
             "served_model_name": settings.guard_served_model_name,
             "tokenizer_id": None,
             "vllm_base_url": settings.guard_vllm_base_url,

@@ -9,7 +9,7 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from shared.roles import ChatKind
-from shared.settings import ServiceSettings
+from shared.settings import Revision, ServiceSettings
 
 # "openai": any OpenAI-compatible server at LLM_VLLM_BASE_URL (vLLM on the pod, llama.cpp's server on a CPU
 # box). "vllm" is the same client under its first name, kept for existing env files; deploy_service.sh
@@ -25,6 +25,8 @@ class LlmSettings(ServiceSettings):
     # Which engine answers: the in-process transformers model, or an OpenAI-compatible server (vllm/openai).
     backend: Backend = "vllm"
     model_id: str = "Qwen/Qwen2.5-7B-Instruct"
+    # The hub revision of model_id, for the fetch, vLLM (--revision) and in-process loading alike.
+    model_revision: Revision = None
     # The name response bodies and /healthz give the model (like vLLM's --served-model-name). Unset: model_id
     # when it is a hub id, its last path component when it is a local path, so no body shows the pod's disk.
     served_model_name: str | None = None
@@ -88,6 +90,7 @@ class LlmSettings(ServiceSettings):
     # (in process, or by a second vLLM server). "off": /v1/moderate answers 503 and outputs are not guarded.
     guard_backend: GuardBackend = "vllm"
     guard_model_id: str = "Qwen/Qwen3Guard-Gen-0.6B"
+    guard_model_revision: Revision = None
     guard_served_model_name: str | None = None
     # Its own vLLM server (scripts/start_vllm.sh started a second time by deploy_service.sh).
     guard_vllm_base_url: str = "http://127.0.0.1:8008"

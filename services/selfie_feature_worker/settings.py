@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from shared.settings import ServiceSettings, StrList
+from shared.settings import Revision, ServiceSettings, StrList
 from shared.ultralytics_env import DEFAULT_CONFIG_DIR
 
 DetectorBackend = Literal["yolo", "haar"]
@@ -63,6 +63,8 @@ class SelfieSettings(ServiceSettings):
 
     # --- vision-language model ---
     vlm_model: str = "Qwen/Qwen2-VL-7B-Instruct"
+    # The hub revision of vlm_model, for the fetch and loading alike.
+    vlm_revision: Revision = None
     device: Device = "auto"
     dtype: DType = "auto"
     # Caps the visual tokens per image (pixels / 28^2): the 7B model's default runs out of memory.

@@ -32,9 +32,12 @@ class QwenVlDescriber:
         # size= caps the visual tokens (pixels / 28^2 after merging); the processor resizes to fit.
         self.processor = AutoProcessor.from_pretrained(
             self.model_id,
+            revision=settings.vlm_revision,
             size={"shortest_edge": settings.vlm_min_pixels, "longest_edge": settings.vlm_max_pixels},
         )
-        self.model = Qwen2VLForConditionalGeneration.from_pretrained(self.model_id, dtype=self.dtype)
+        self.model = Qwen2VLForConditionalGeneration.from_pretrained(
+            self.model_id, dtype=self.dtype, revision=settings.vlm_revision
+        )
         self.model.to(self.device).eval()
         self.max_new_tokens = settings.max_new_tokens
         self.prompt = self.processor.apply_chat_template(

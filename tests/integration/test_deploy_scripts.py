@@ -221,3 +221,15 @@ def test_start_vllm_env_overrides_win(tmp_path: Path) -> None:
     # The table's 4096 is passed, and VLLM_EXTRA_ARGS comes after it: vLLM's parser keeps the last value.
     assert flag(argv, "--max-model-len") == "4096" and argv[-2:] == ["--max-model-len", "1024"]
     assert "--enable-prefix-caching" in argv
+
+
+def test_start_vllm_pins_the_revision_it_is_given(tmp_path: Path) -> None:
+    for case in ("plain", "pinned", "guard"):
+        (tmp_path / case).mkdir()
+    argv = start_fake_vllm(tmp_path / "plain", "81559")
+    assert "--revision" not in argv  # unpinned: the main branch
+    argv = start_fake_vllm(tmp_path / "pinned", "81559", LLM_MODEL_REVISION="a1b2c3d")
+    assert flag(argv, "--revision") == "a1b2c3d" and flag(argv, "--model") == "Qwen/Qwen2.5-7B-Instruct"
+    # The guard's server is started with VLLM_REVISION set, empty when its own pin is: never the chat model's.
+    argv = start_fake_vllm(tmp_path / "guard", "81559", LLM_MODEL_REVISION="a1b2c3d", VLLM_REVISION="")
+    assert "--revision" not in argv

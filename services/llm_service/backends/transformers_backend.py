@@ -46,12 +46,15 @@ class TransformersBackend:
         started = time.perf_counter()
         device = resolve_device(self.settings.device)
         dtype = resolve_dtype(self.settings.dtype, device)
-        tokenizer = AutoTokenizer.from_pretrained(self.settings.model_id)
+        revision = self.settings.model_revision
+        tokenizer = AutoTokenizer.from_pretrained(self.settings.model_id, revision=revision)
         # A second instance for counting history tokens on the event loop: a fast tokenizer used from two
         # threads at once can fail with "Already borrowed" while the generation thread encodes.
-        self._count_tokenizer = AutoTokenizer.from_pretrained(self.settings.model_id)
+        self._count_tokenizer = AutoTokenizer.from_pretrained(self.settings.model_id, revision=revision)
         # device_map loads the weights straight onto the GPU instead of staging 15 GB in host memory first.
-        model = AutoModelForCausalLM.from_pretrained(self.settings.model_id, dtype=dtype, device_map=device)
+        model = AutoModelForCausalLM.from_pretrained(
+            self.settings.model_id, dtype=dtype, device_map=device, revision=revision
+        )
         model.eval()
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token

@@ -51,8 +51,12 @@ class OpenAIServerBackend:
     async def start(self) -> None:
         from transformers import AutoTokenizer
 
+        # The served model's tokenizer at its pinned revision, unless one is named (a GGUF server).
+        named = self.settings.tokenizer_id
         self._tokenizer = await asyncio.to_thread(
-            AutoTokenizer.from_pretrained, self.settings.tokenizer_id or self.settings.model_id
+            AutoTokenizer.from_pretrained,
+            named or self.settings.model_id,
+            revision=None if named else self.settings.model_revision,
         )
         self._client = httpx.AsyncClient(
             base_url=self.settings.vllm_base_url,
