@@ -185,6 +185,7 @@ class LlmEngine:
         stop: Sequence[str] = (),
         min_tokens: int | None = None,
         seed: int | None = None,
+        regex: str | None = None,
     ) -> ChatResult:
         self.require_ready()
         started = time.perf_counter()
@@ -199,6 +200,7 @@ class LlmEngine:
                     stop=stop,
                     min_tokens=self.settings.min_new_tokens if min_tokens is None else min_tokens,
                     seed=seed,
+                    regex=regex,
                 ),
                 timeout=self.settings.request_timeout_s + 5,
             )

@@ -17,7 +17,7 @@ import time
 from typing import Any, Literal
 
 from services.llm_service.backends import ChatBackend, ChatMessage, make_backend
-from services.llm_service.guard_output import neutralise_markup, parse_guard_output
+from services.llm_service.guard_output import guard_answer_regex, neutralise_markup, parse_guard_output
 from services.llm_service.settings import LlmSettings
 from shared.errors import ModelUnavailable, SafetyUnavailable, UpstreamTimeout
 from shared.metrics import ServiceMetrics
@@ -121,7 +121,11 @@ class Guard:
             # guard_timeout_s too (generate's max_time, the HTTP timeout); this is the backstop.
             result = await asyncio.wait_for(
                 backend.chat(
-                    messages, max_tokens=self.settings.guard_max_new_tokens, temperature=0.0, min_tokens=0
+                    messages,
+                    max_tokens=self.settings.guard_max_new_tokens,
+                    temperature=0.0,
+                    min_tokens=0,
+                    regex=guard_answer_regex(kind),
                 ),
                 timeout=self.settings.guard_timeout_s + 2,
             )

@@ -66,6 +66,20 @@ def _categories(text: str) -> tuple[str, ...] | None:
     return tuple(found)
 
 
+def guard_answer_regex(kind: str) -> str:
+    """The model card's answer format as a regex, for servers that constrain decoding to it (vLLM's
+    ``structured_outputs``): "Safe" with no categories, or a verdict with known categories, and a refusal
+    line when a response is judged. Everything it admits, ``parse_guard_output`` reads.
+
+    The names go in unescaped: they hold no regex metacharacter (a test checks), and identity escapes such
+    as ``\\&`` are errors in the stricter regex dialects a server's grammar engine may use.
+    """
+    names = "|".join(KNOWN_CATEGORIES)
+    listed = f"({names})(, ({names}))*"
+    verdict = f"(Safety: Safe\\nCategories: None|Safety: (Unsafe|Controversial)\\nCategories: {listed})"
+    return verdict + ("\\nRefusal: (Yes|No)" if kind == "response" else "")
+
+
 def neutralise_markup(text: str) -> str:
     """``text`` with chat control tokens defused, so it can only ever be content in the guard's prompt."""
     return _CONTROL.sub(lambda m: m.group(0).replace("|", "¦"), text)

@@ -39,6 +39,9 @@ class LlmSettings(ServiceSettings):
 
     # The OpenAI-compatible server's base URL (without /v1), for LLM_BACKEND=openai or vllm.
     vllm_base_url: str = "http://127.0.0.1:8001"
+    # Send answer formats (the guard's verdict lines) as vLLM's ``structured_outputs`` regex, so the server
+    # cannot sample an answer the parser would have to refuse. Off for a server that refuses unknown fields.
+    structured_outputs: bool = True
     vllm_api_key: SecretStr | None = None
     connect_timeout_s: float = Field(3.0, gt=0)
     # Upper bound of one generation call (model or vLLM); a slower call is a 504 (or the template fallback).

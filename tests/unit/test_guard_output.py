@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from services.llm_service.guard_output import (
+    KNOWN_CATEGORIES,
     UNPARSED,
     GuardAssessment,
+    guard_answer_regex,
     neutralise_markup,
     parse_guard_output,
 )
@@ -83,3 +87,46 @@ def test_chat_control_tokens_are_defused() -> None:
     assert cleaned.startswith("a cat<¦im_end¦>")
     # Ordinary text with pipes and angle brackets is left alone.
     assert neutralise_markup("a | b <c> x<|y") == "a | b <c> x<|y"
+
+
+# --- the answer format as a regex, for servers that constrain decoding to it -------------------------------
+
+
+def _answers(kind: str) -> list[str]:
+    """Answers in the format, over every verdict and a spread of category lists."""
+    lists = [[c] for c in KNOWN_CATEGORIES] + [list(KNOWN_CATEGORIES[:3]), list(KNOWN_CATEGORIES)]
+    out = ["Safety: Safe\nCategories: None"]
+    for verdict in ("Unsafe", "Controversial"):
+        out += [f"Safety: {verdict}\nCategories: {', '.join(names)}" for names in lists]
+    if kind == "response":
+        out = [f"{a}\nRefusal: {r}" for a in out for r in ("Yes", "No")]
+    return out
+
+
+@pytest.mark.parametrize("kind", ["prompt", "response"])
+def test_everything_the_regex_admits_the_parser_reads(kind: str) -> None:
+    pattern = re.compile(guard_answer_regex(kind))
+    for answer in _answers(kind):
+        assert pattern.fullmatch(answer), answer
+        parsed = parse_guard_output(answer)
+        assert parsed.verdict != "unparsed", answer
+        assert (parsed.refusal is not None) == (kind == "response")
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "Safety: Safe\nCategories: Violent",  # the parser refuses it: the regex must too
+        "Safety: Unsafe\nCategories: None",
+        "Safety: Unsafe\nCategories: Weapons",  # not a category of the model card
+        "safety: safe\ncategories: none",
+        "Safety: Safe",
+        "I think this is safe.",
+    ],
+)
+def test_the_regex_refuses_what_the_parser_cannot_trust(answer: str) -> None:
+    assert re.fullmatch(guard_answer_regex("prompt"), answer) is None
+
+
+def test_category_names_need_no_escaping_in_any_regex_dialect() -> None:
+    assert not any(set(name) & set("\\^$.|?*+()[]{}") for name in KNOWN_CATEGORIES)

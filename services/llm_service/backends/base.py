@@ -54,6 +54,7 @@ class ChatBackend(Protocol):
         stop: Sequence[str] = (),
         min_tokens: int = 0,
         seed: int | None = None,
+        regex: str | None = None,
     ) -> ChatResult: ...
 
 

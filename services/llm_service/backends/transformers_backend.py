@@ -92,7 +92,11 @@ class TransformersBackend:
         stop: Sequence[str] = (),
         min_tokens: int = 0,
         seed: int | None = None,
+        regex: str | None = None,
     ) -> ChatResult:
+        # ``regex`` (an answer format) is not enforced in process: transformers has no constrained decoding,
+        # so what parses the answer must fail closed on anything else, as the guard's parser does.
+        del regex
         if self._model is None:
             raise ModelUnavailable("model is not loaded")
         loop = asyncio.get_running_loop()

@@ -127,6 +127,7 @@ class OpenAIServerBackend:
         stop: Sequence[str] = (),
         min_tokens: int = 0,
         seed: int | None = None,
+        regex: str | None = None,
     ) -> ChatResult:
         if self._client is None:
             raise ModelUnavailable("the LLM server backend is not started")
@@ -143,6 +144,9 @@ class OpenAIServerBackend:
             payload["min_tokens"] = min_tokens  # vLLM's extra sampling parameter
         if seed is not None:
             payload["seed"] = seed
+        if regex is not None and self.settings.structured_outputs:
+            # vLLM (0.12 and later) decodes only tokens that keep the answer inside the pattern.
+            payload["structured_outputs"] = {"regex": regex}
         try:
             resp = await self._client.post("/v1/chat/completions", json=payload)
         except httpx.HTTPError as exc:

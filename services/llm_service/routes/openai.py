@@ -35,6 +35,13 @@ class OpenAIMessage(BaseModel):
     content: Annotated[str, Field(max_length=MAX_CONTENT_CHARS)]
 
 
+class StructuredOutputs(BaseModel):
+    """vLLM's answer-format field (0.12+); of its kinds only ``regex``, the one the guard's callers send."""
+
+    model_config = ConfigDict(extra="forbid")
+    regex: Annotated[str, Field(max_length=MAX_CONTENT_CHARS)]
+
+
 class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str
@@ -45,6 +52,9 @@ class ChatCompletionRequest(BaseModel):
     stop: str | Annotated[list[str], Field(max_length=4)] | None = None
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = None
     min_tokens: Annotated[int, Field(ge=0)] = 0  # vLLM's extra sampling parameter
+    # Passed to the backend: an OpenAI-server backend forwards it; in process it is not enforced (there is no
+    # constrained decoding in transformers), so callers read the answer failing closed, as the guard does.
+    structured_outputs: StructuredOutputs | None = None
     n: Literal[1] = 1
     stream: Literal[False] = False
 
@@ -76,6 +86,7 @@ async def chat_completions(req: ChatCompletionRequest, engine: EngineDep) -> dic
         stop=stop,
         min_tokens=min(req.min_tokens, max_tokens),
         seed=req.seed,
+        regex=req.structured_outputs.regex if req.structured_outputs else None,
     )
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
