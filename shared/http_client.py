@@ -153,7 +153,7 @@ def map_status(response: httpx.Response, stage: str) -> ImgPodError | None:
     detail = _detail_of(response)
     if status == 429:
         return UpstreamBusy(
-            f"{stage}: every worker is busy; retry later", retry_after_s=_retry_after(response), stage=stage
+            f"{stage}: every worker is busy; retry later", retry_after_s=retry_after_of(response), stage=stage
         )
     if status == 503:
         return RetryableUpstreamError(f"{stage}: worker not ready ({detail})", stage=stage)
@@ -171,7 +171,8 @@ def map_status(response: httpx.Response, stage: str) -> ImgPodError | None:
     return UpstreamFailed(f"{stage}: worker answered {status} ({detail})", stage=stage)
 
 
-def _retry_after(response: httpx.Response) -> float:
+def retry_after_of(response: httpx.Response) -> float:
+    """An upstream 429's Retry-After in seconds, at least 1; 1 when it is absent or not a number."""
     try:
         return max(1.0, float(response.headers.get("retry-after", "1")))
     except ValueError:

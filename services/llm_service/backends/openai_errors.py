@@ -30,7 +30,7 @@ from shared.errors import (
     UpstreamTimeout,
     ValidationFailed,
 )
-from shared.http_client import UpstreamBusy
+from shared.http_client import UpstreamBusy, retry_after_of
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def _map(upstream: UpstreamError, response: httpx.Response, stage: str) -> ImgPo
         return ModelUnavailable("the LLM server does not serve the configured model", stage=stage)
     if status == 429:
         return UpstreamBusy(
-            "the LLM server is busy; retry later", retry_after_s=_retry_after(response), stage=stage
+            "the LLM server is busy; retry later", retry_after_s=retry_after_of(response), stage=stage
         )
     if status in (400, 413, 422):
         # Any other refusal is of a request this service built (a sampling field the server does not take):
@@ -139,10 +139,3 @@ def _map(upstream: UpstreamError, response: httpx.Response, stage: str) -> ImgPo
         # proxy in front of it or a server still warming up. None of them is the client's doing.
         return ModelUnavailable("the LLM server is unavailable", stage=stage)
     return UpstreamFailed(f"the LLM server answered {status}", stage=stage)
-
-
-def _retry_after(response: httpx.Response) -> float:
-    try:
-        return max(1.0, float(response.headers.get("retry-after", "1")))
-    except ValueError:
-        return 1.0
