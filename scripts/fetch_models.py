@@ -15,13 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from scripts.verified_download import VerifiedDownloadError, install_verified
+from shared.public_names import is_local_model
 
 if TYPE_CHECKING:
     from services.selfie_feature_worker.settings import SelfieSettings
-
-
-def _is_local(model_id: str) -> bool:
-    return model_id.startswith(("/", "./", "../", "~")) or Path(model_id).expanduser().exists()
 
 
 def hub_file_sizes(model_id: str, revision: str | None, token: str | None) -> dict[str, int] | None:
@@ -42,7 +39,7 @@ def fetch_hub_model(model_id: str, revision: str | None = None, *, diffusers_pip
     Every file the hub lists must be there at its listed size; a diffusers pipeline is also checked the
     way its worker checks it at start-up (``model_index.json``, each component's weights whole).
     """
-    if _is_local(model_id):
+    if is_local_model(model_id):
         if not Path(model_id).expanduser().exists():
             raise SystemExit(f"model path {model_id} does not exist")
         print(f"using local model {model_id}")

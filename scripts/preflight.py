@@ -26,6 +26,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from scripts.vllm_flags import choose
+from shared.public_names import is_local_model
+
 GIB = 2**30
 CONFIG_ROOT = Path(__file__).resolve().parent.parent / "shared" / "model_configs"
 # Model ids whose configs are shipped, and the folder that holds them.
@@ -72,8 +75,8 @@ def config_path(model_id: str, subfolder: str = "") -> Path:
         if (local / name).is_file():
             return local / name
         raise ConfigNotFound(f"{local / name} is missing")
-    if model_id.startswith(("/", "./", "../", "~")):
-        raise ConfigNotFound(f"model path {model_id} does not exist")
+    if is_local_model(model_id):
+        raise ConfigNotFound(f"model path {model_id} is not a model folder")
     try:
         from huggingface_hub import try_to_load_from_cache
 
@@ -365,11 +368,7 @@ def vllm_flag(args: str, flag: str, default: int) -> int:
 
 def vllm_defaults(gpu_gib: float, guard: bool) -> tuple[int, float, int]:
     """(max-model-len, gpu-memory-utilization, max-num-seqs) start_vllm.sh picks for this GPU when the env
-    sets none (scripts/vllm_flags.py); its former fixed defaults where that module is absent."""
-    try:
-        from scripts.vllm_flags import choose
-    except ImportError:
-        return 8192, 0.80 if guard else 0.90, 256
+    sets none (scripts/vllm_flags.py)."""
     flags = choose(gpu_gib, guard=guard)
     return flags.max_model_len, flags.gpu_memory_utilization, flags.max_num_seqs
 

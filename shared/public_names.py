@@ -8,11 +8,17 @@ vLLM's ``--served-model-name``).
 
 from __future__ import annotations
 
-from pathlib import PurePath
+from pathlib import Path, PurePath
 
 
 def looks_like_path(model_id: str) -> bool:
     return model_id.startswith(("/", "./", "../", "~", ".")) or "\\" in model_id or model_id.count("/") > 1
+
+
+def is_local_model(model_id: str) -> bool:
+    """Whether a model id names a folder on this machine rather than a hub repo: it is written as a path, or
+    such a path exists. For loading and fetching; ``looks_like_path`` is the stricter test for naming."""
+    return model_id.startswith(("/", "./", "../", "~")) or Path(model_id).expanduser().exists()
 
 
 def public_model_id(model_id: str, served_name: str | None = None) -> str:

@@ -22,6 +22,7 @@ from PIL import Image
 from services.image_worker.model_files import verify_pipeline_dir
 from shared.image_params import image_seeds
 from shared.logging_config import quiet_progress_bars
+from shared.public_names import is_local_model
 from shared.torch_devices import resolve_dtype
 
 log = logging.getLogger(__name__)
@@ -84,10 +85,6 @@ def caption_token_limit(axes_lens: list[int] | tuple[int, ...]) -> int:
     return (axes_lens[0] - 2) // _CAPTION_PAD * _CAPTION_PAD
 
 
-def looks_like_local_path(model_id: str) -> bool:
-    return model_id.startswith(("/", "./", "../", "~")) or Path(model_id).expanduser().exists()
-
-
 class DevicePipeline:
     def __init__(
         self,
@@ -112,7 +109,7 @@ class DevicePipeline:
 
     def local_dir(self) -> Path | None:
         """The folder the pipeline loads from: the local path, or the hub cache's snapshot when present."""
-        if looks_like_local_path(self.model_id):
+        if is_local_model(self.model_id):
             return Path(self.model_id).expanduser()
         from huggingface_hub import snapshot_download
 
@@ -126,7 +123,7 @@ class DevicePipeline:
 
         quiet_progress_bars()
 
-        if looks_like_local_path(self.model_id) and not Path(self.model_id).expanduser().is_dir():
+        if is_local_model(self.model_id) and not Path(self.model_id).expanduser().is_dir():
             raise ModelMissing(f"model path {self.model_id} does not exist")
         # Checked before loading: a truncated shard otherwise fails inside diffusers with a library message.
         folder = self.local_dir()
