@@ -22,6 +22,7 @@ import pytest
 from devtools.service_process import REPO_ROOT, ServiceProcess, all_running, free_port
 from services.llm_service.cleaning import word_count
 from services.llm_service.prompts import SAFETY_CLAUSE
+from tests.integration.test_llm_service import _env
 
 pytestmark = pytest.mark.integration
 
@@ -99,22 +100,16 @@ def gguf(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory)
 
 
 def _service_env(models: dict[str, Path], server_url: str) -> dict[str, str]:
-    return {
-        "LLM_BACKEND": "openai",
-        "LLM_VLLM_BASE_URL": server_url,
-        "LLM_MODEL_ID": ALIAS,
-        "LLM_TOKENIZER_ID": str(models["qwen_lm"]),  # llama.cpp serves a GGUF; the budget counts with HF's
-        "LLM_INTERNAL_TOKEN": TOKEN,
-        "LLM_MIN_NEW_TOKENS": "16",  # random weights often stop at once; make them say something
-        "LLM_SEED": "1234",
-        "LLM_EXPAND_MAX_NEW_TOKENS": "48",
-        "LLM_SHORTEN_MAX_NEW_TOKENS": "32",
-        "LLM_CAPTION_MAX_NEW_TOKENS": "40",
-        "LLM_REPLY_MAX_NEW_TOKENS": "32",
-        "LLM_REQUEST_TIMEOUT_S": "60",
-        "LLM_TEMPLATE_FALLBACK": "false",
-        "LLM_GUARD_BACKEND": "off",
-    }
+    """The chat-contract env of the in-process tests, pointed at a llama.cpp server instead."""
+    return _env(
+        models,
+        LLM_BACKEND="openai",
+        LLM_VLLM_BASE_URL=server_url,
+        LLM_MODEL_ID=ALIAS,
+        LLM_TOKENIZER_ID=str(models["qwen_lm"]),  # llama.cpp serves a GGUF; the budget counts with HF's
+        LLM_INTERNAL_TOKEN=TOKEN,
+        LLM_REQUEST_TIMEOUT_S="60",
+    )
 
 
 @pytest.fixture(scope="module")
