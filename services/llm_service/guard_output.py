@@ -9,6 +9,7 @@ names unsafe categories.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -66,6 +67,7 @@ def _categories(text: str) -> tuple[str, ...] | None:
     return tuple(found)
 
 
+@functools.cache
 def guard_answer_regex(kind: str) -> str:
     """The model card's answer format as a regex, for servers that constrain decoding to it (vLLM's
     ``structured_outputs``): "Safe" with no categories, or a verdict with known categories, and a refusal
