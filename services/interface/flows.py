@@ -438,6 +438,7 @@ class Flows:
         log.warning(
             "reply from template: the LLM could not answer",
             extra={"reason": exc.code, "stage": exc.stage, "detail": exc.detail},
+            exc_info=exc,
         )
         timer = StageTimer()
         with timer.stage("template"):

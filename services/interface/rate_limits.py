@@ -307,9 +307,11 @@ class RateLimiter:
     def _fail_open(self, exc: Exception) -> None:
         self._m_store_errors.inc()
         if not self._open_until:
-            # Once per outage, not per request: the class only, a store's message can hold its address.
+            # Once per outage, not per request. The log is the operator's: the store's own words belong there.
             log.warning(
-                "rate limit store failed: admitting without limits", extra={"error": type(exc).__name__}
+                "rate limit store failed: admitting without limits",
+                extra={"error": type(exc).__name__},
+                exc_info=exc,
             )
         self._open_until = time.monotonic() + FAIL_OPEN_S
 
