@@ -58,13 +58,29 @@ class ServiceProcess:
 
     def start(self) -> ServiceProcess:
         # A test's server stops within seconds, not the 30 s production allows requests still running.
-        env = {"EDGE_GRACEFUL_SHUTDOWN_S": "5", **os.environ, **self.extra_env, "PYTHONUNBUFFERED": "1"}
+        env = {
+            "EDGE_GRACEFUL_SHUTDOWN_S": "5",
+            **os.environ,
+            # Each interface its own jobs file (one interface per file), unless the caller names one (a test
+            # that restarts an interface on the same file).
+            "INTERFACE_JOBS_SQLITE_PATH": str(self._own_jobs_file()),
+            **self.extra_env,
+            "PYTHONUNBUFFERED": "1",
+        }
         cmd = self.command()
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
         if self.wait_healthy:
             self.wait_for_health(self.expect_status)
         return self
+
+    def _own_jobs_file(self) -> Path:
+        """A fresh jobs file per process: an earlier run's file on the same port must not be resumed."""
+        path = self.log_path.with_suffix(".jobs.sqlite3")
+        if "INTERFACE_JOBS_SQLITE_PATH" not in self.extra_env:
+            for suffix in ("", "-wal", "-shm", ".lock"):
+                path.with_name(path.name + suffix).unlink(missing_ok=True)
+        return path
 
     def command(self) -> list[str]:
         """The same launcher as every script (shared/serve.py): production's edge bounds, loop and parser."""

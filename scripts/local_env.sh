@@ -11,6 +11,8 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 YOLO_OFFLINE=1 YOLO_AUTOINSTALL=f
 export YOLO_CONFIG_DIR="$STATE/ultralytics"
 export IMAGE_INTERNAL_TOKEN=$token LLM_INTERNAL_TOKEN=$token SELFIE_INTERNAL_TOKEN=$token
 export INTERFACE_INTERNAL_TOKEN=$token INTERFACE_API_KEYS=$api_key
+# Jobs survive a restart of the local stack (services/interface/jobs/).
+export INTERFACE_JOBS_SQLITE_PATH="$STATE/jobs.sqlite3"
 
 # Image workers: the tiny Z-Image; 256x256 keeps CPU generations well under a second.
 export IMAGE_MODEL_ID="$MODELS/z-image-turbo-tiny" IMAGE_DEFAULT_WIDTH=256 IMAGE_DEFAULT_HEIGHT=256

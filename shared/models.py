@@ -119,7 +119,22 @@ class ImageParams(StrictModel):
     n: ImageCount = 1
 
 
-class ImageGenRequest(ImageParams):
+WebhookEventName = Literal["start", "progress", "completed"]
+
+
+class JobOptions(StrictModel):
+    """Fields that shape a request's job, not its image (docs/JOBS.md): where its events are delivered."""
+
+    webhook: Annotated[str, Field(min_length=1, max_length=2048)] | None = None
+    # The events sent to ``webhook``; left out: all of them.
+    webhook_events_filter: Annotated[list[WebhookEventName], Field(min_length=1, max_length=3)] | None = None
+
+
+# Left out of a job's stored spec: they are the job's own fields, not its work's.
+JOB_OPTION_FIELDS = frozenset(JobOptions.model_fields)
+
+
+class ImageGenRequest(ImageParams, JobOptions):
     """Text to image as clients ask for it (the interface's /v1/imagegen and private imagegen)."""
 
     prompt: NonEmptyPrompt
@@ -296,7 +311,7 @@ class ModerateResponse(OpenModel):
 # --- public interface ------------------------------------------------------------------------------------
 
 
-class ChatImageRequest(ImageParams):
+class ChatImageRequest(ImageParams, JobOptions):
     message: NonEmptyMessage
     history: History = Field(default_factory=list)
     persona: Features | None = None

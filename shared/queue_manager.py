@@ -244,9 +244,13 @@ class BoundedQueue:
             f"{self.name} queue {what}; retry later", retry_after_s=retry, stage="queue", reason=public_reason
         )
 
-    async def submit(self, work: Work, weight: int = 1, owner: str | None = None) -> Any:
-        """Admit or refuse at once; then wait for the result. Cancelling the caller cancels the work."""
-        self.check_admission(weight, owner)
+    def enqueue(
+        self, work: Work, weight: int = 1, owner: str | None = None, *, admit: bool = True
+    ) -> QueueItem:
+        """Admit (unless ``admit`` is off: a job admitted before a restart) and queue at once, in one step of
+        the event loop, so two callers can never both pass admission for the last place."""
+        if admit:
+            self.check_admission(weight, owner)
         item = QueueItem(work, asyncio.get_running_loop().create_future(), weight=weight, owner=owner)
         lane = self._lanes.get(owner)
         if lane is None:
@@ -259,17 +263,26 @@ class BoundedQueue:
         _add(self._waiting_by, owner, weight)
         self._m_admitted.inc()
         self._m_depth.set(self.depth)
+        return item
+
+    def withdraw(self, item: QueueItem) -> None:
+        """Give up an item: a waiting one stops counting at once, a running one has its work cancelled."""
+        if item.task is None and not item.future.done():
+            self._waiting -= item.weight
+            _add(self._waiting_by, item.owner, -item.weight)
+            self._m_depth.set(self.depth)
+        item.future.cancel()
+        if item.task is not None:
+            item.task.cancel()
+
+    async def submit(self, work: Work, weight: int = 1, owner: str | None = None) -> Any:
+        """Admit or refuse at once; then wait for the result. Cancelling the caller cancels the work."""
+        item = self.enqueue(work, weight, owner)
         try:
             return await asyncio.shield(item.future)
         except asyncio.CancelledError:
             # The client went away: drop queued work, stop in-flight work rather than wait for it.
-            if item.task is None and not item.future.done():
-                self._waiting -= item.weight
-                _add(self._waiting_by, owner, -item.weight)
-                self._m_depth.set(self.depth)
-            item.future.cancel()
-            if item.task is not None:
-                item.task.cancel()
+            self.withdraw(item)
             raise
 
     async def _consume(self, index: int) -> None:

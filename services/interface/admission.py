@@ -58,17 +58,27 @@ def build_queues(
     return queues
 
 
-async def _wait_for_disconnect(request: Request) -> None:
+async def wait_for_disconnect(request: Request) -> None:
     while True:
         message = await request.receive()
         if message["type"] == "http.disconnect":
             return
 
 
-async def _admit(request: Request, queue: BoundedQueue, owner: str | None, units: int) -> None:
+async def admit(
+    request: Request,
+    queue: BoundedQueue,
+    owner: str | None,
+    units: int,
+    check: Callable[[], Awaitable[None]] | None = None,
+) -> None:
     """Refuse before anything is queued: the queue's verdict for the whole request first (a request the queue
-    refuses must not spend its key's quota), then the key's rate limits, whose fields go on the response."""
-    queue.check_admission(units, owner)
+    refuses must not spend its key's quota), then the key's rate limits, whose fields go on the response.
+    ``check``: the verdict of a dispatcher whose bounds are not this process's queue (Redis, shared)."""
+    if check is None:
+        queue.check_admission(units, owner)
+    else:
+        await check()
     limiter: RateLimiter | None = getattr(request.app.state, "rate_limiter", None)
     if limiter is None or owner is None:
         return
@@ -97,9 +107,9 @@ async def run_admitted_all(
     state = request.scope.get("state")
     # The API key's id (shared/service.py); None on an open deployment, where everyone is one owner.
     owner: str | None = state.get(KEY_ID) if state else None
-    await _admit(request, queue, owner, weight * len(works))
+    await admit(request, queue, owner, weight * len(works))
     submits = [asyncio.ensure_future(queue.submit(work, weight, owner)) for work in works]
-    gone = asyncio.ensure_future(_wait_for_disconnect(request))
+    gone = asyncio.ensure_future(wait_for_disconnect(request))
     try:
         pending: set[asyncio.Future[Any]] = set(submits)
         while pending and not gone.done():

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
@@ -11,6 +13,19 @@ from fastapi.responses import Response
 from services.interface.admission import ClientGone, build_queues
 from services.interface.flows import Flows
 from services.interface.guard import Guard
+from services.interface.job_kinds import build_work
+from services.interface.jobs.dispatch import LocalDispatcher
+from services.interface.jobs.manager import JobConfig, JobManager
+from services.interface.jobs.records import JobRecord
+from services.interface.jobs.routes import router as jobs_router
+from services.interface.jobs.store import SqliteJobStore
+from services.interface.jobs.webhooks import (
+    AllowList,
+    WebhookConfig,
+    WebhookSender,
+    check_target,
+    webhook_client,
+)
 from services.interface.openai_images import OPENAI_PREFIXES
 from services.interface.openai_images import router as openai_router
 from services.interface.openai_images.output_store import FILES_PATH, OutputStore
@@ -22,10 +37,48 @@ from shared.errors import ErrorShapes, openai_shape
 from shared.http_client import make_async_client
 from shared.logging_config import configure_logging
 from shared.metrics import ServiceMetrics
+from shared.queue_manager import BoundedQueue
 from shared.service import build_app
 
 VERSION = "0.1.0"
 PUBLIC_PATHS = ("/healthz", "/docs", "/openapi.json", "/docs/oauth2-redirect")
+
+
+def webhook_config(settings: InterfaceSettings) -> WebhookConfig:
+    secret = settings.jobs_webhook_secret
+    return WebhookConfig(
+        secret=secret.get_secret_value().encode() if secret else None,
+        allow=AllowList.parse(settings.jobs_webhook_allow),
+        timeout_s=settings.jobs_webhook_timeout_s,
+        retry_for_s=settings.jobs_webhook_retry_for_s,
+        retry_base_s=settings.jobs_webhook_retry_base_s,
+        retry_max_delay_s=settings.jobs_webhook_retry_max_delay_s,
+        progress_interval_s=settings.jobs_webhook_progress_interval_ms / 1000,
+        max_concurrent=settings.jobs_webhook_max_concurrent,
+        close_timeout_s=settings.jobs_webhook_close_timeout_s,
+    )
+
+
+def build_jobs(
+    settings: InterfaceSettings,
+    queues: dict[str, BoundedQueue],
+    flows: Flows,
+    metrics: ServiceMetrics,
+    webhooks: WebhookSender | None = None,
+) -> JobManager:
+    store = SqliteJobStore(settings.jobs_sqlite_path)
+    dispatcher = LocalDispatcher(queues)
+
+    async def rebuild(record: JobRecord, blob: bytes | None) -> Any:
+        return await build_work(flows, record.route, record.spec, blob)
+
+    config = JobConfig(
+        output_ttl_s=settings.jobs_output_ttl_s,
+        sweep_interval_s=settings.jobs_sweep_interval_s,
+        cancel_wait_s=settings.jobs_cancel_wait_s,
+    )
+    notify = webhooks.notify if webhooks is not None else None
+    return JobManager(store, dispatcher, rebuild, config, metrics, notify=notify)
 
 
 def create_app(settings: InterfaceSettings | None = None) -> FastAPI:
@@ -48,10 +101,22 @@ def create_app(settings: InterfaceSettings | None = None) -> FastAPI:
             p.start_polling()
         app.state.pools = pools
         app.state.queues = queues
-        app.state.flows = Flows(pools, settings, Guard(pools.llm, settings, metrics))
+        flows = Flows(pools, settings, Guard(pools.llm, settings, metrics))
+        app.state.flows = flows
+        hooks = webhook_config(settings)
+        sender = WebhookSender(hooks, webhook_client(hooks), metrics) if hooks.secret else None
+        if sender is not None:
+            app.state.check_webhook = functools.partial(check_target, config=hooks)
+        jobs = build_jobs(settings, queues, flows, metrics, sender)
+        await jobs.start()
+        app.state.jobs = jobs
         try:
             yield
         finally:
+            await jobs.close()
+            if sender is not None:
+                await sender.close()
+                await sender.client.aclose()
             for q in queues.values():
                 await q.close()
             for p in pools.all():
@@ -64,7 +129,7 @@ def create_app(settings: InterfaceSettings | None = None) -> FastAPI:
         title="img_pod interface",
         version=VERSION,
         lifespan=lifespan,
-        routers=[health.router, profile.router, chat.router, openai_router],
+        routers=[health.router, profile.router, chat.router, jobs_router, openai_router],
         metrics=metrics,
         keys=settings.api_keys,
         max_body_bytes=settings.max_body_bytes,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import (
@@ -15,7 +16,8 @@ from pydantic import (
 )
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from shared.settings import ServiceSettings, UrlList, parse_str_list
+from services.interface.jobs.webhooks import AllowList
+from shared.settings import ServiceSettings, StrList, UrlList, parse_str_list
 
 ENDPOINTS = ("profile", "text2img", "chat1to1", "shorts", "scenes", "private", "reply")
 GuardMode = Literal["enforce", "observe", "off"]
@@ -126,6 +128,56 @@ class InterfaceSettings(ServiceSettings):
     openai_url_secret: SecretStr | None = None
     # Public base of those URLs (https://host behind a proxy); the request's own base URL when unset.
     openai_public_url: str | None = None
+
+    # Jobs (services/interface/jobs/, docs/JOBS.md). One interface keeps them in one SQLite file (a second
+    # interface on the same file refuses to start); with a Redis URL, every replica shares queues and jobs.
+    jobs_sqlite_path: Path = Path(".local/jobs.sqlite3")
+    jobs_redis_url: SecretStr | None = None
+    # How long a finished job's output (its images, the upload) is kept; GET says ``expired`` after that.
+    jobs_output_ttl_s: float = Field(3600.0, gt=0)
+    jobs_sweep_interval_s: float = Field(30.0, gt=0)
+    # How long a cancel call waits for a running job to stop (one denoising step, normally) before answering.
+    jobs_cancel_wait_s: float = Field(5.0, ge=0)
+
+    # Job webhooks (services/interface/jobs/webhooks.py; DEPLOYMENT.md "Job webhooks"). Every delivery is
+    # signed with this secret (HMAC-SHA256, its UTF-8 bytes). Unset: webhooks are off, and a job that asks
+    # for one is refused (422).
+    jobs_webhook_secret: SecretStr | None = None
+    # Targets allowed even though they are not public (loopback, link-local, RFC 1918, ULA, ...): addresses,
+    # CIDRs and exact host names, e.g. '["10.20.0.0/16", "hooks.internal"]'. http:// is allowed only to a
+    # listed host. Empty: public https targets only (no requests into the pod's own networks: no SSRF).
+    jobs_webhook_allow: StrList = Field(default_factory=list)
+    # One attempt: resolve, connect, send, the answer's status line (the body is never read).
+    jobs_webhook_timeout_s: float = Field(15.0, gt=0, le=60)
+    # Retries (connection errors, timeouts, 5xx, 429) start within this long of the first attempt; then the
+    # delivery is given up. 0: one attempt. A job's deliveries are sent in order, so a dead receiver holds
+    # that job's later ones up to this long (never the job itself).
+    jobs_webhook_retry_for_s: float = Field(300.0, ge=0, le=86_400)
+    # Backoff: base * 2^n, times a random factor in [0.5, 1], capped (a 429/503 Retry-After in seconds is
+    # honoured up to the cap).
+    jobs_webhook_retry_base_s: float = Field(1.0, gt=0, le=60)
+    jobs_webhook_retry_max_delay_s: float = Field(60.0, gt=0, le=3600)
+    # A job's progress deliveries are at least this far apart; the latest progress wins.
+    jobs_webhook_progress_interval_ms: float = Field(500, ge=500, le=60_000)
+    # Webhook requests in flight over all jobs of this replica.
+    jobs_webhook_max_concurrent: int = Field(32, ge=1, le=1024)
+    # On shutdown, deliveries still queued or in flight get this long, then are cancelled (counted dropped).
+    jobs_webhook_close_timeout_s: float = Field(5.0, ge=0, le=60)
+
+    @field_validator("jobs_webhook_secret")
+    @classmethod
+    def _webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        # Blank (deploy.env's "KEY=") is unset. The length check (>= 24) is WebhookConfig's, at startup:
+        # a pydantic error here would print the rejected secret in its input_value.
+        if value is None or not value.get_secret_value().strip():
+            return None
+        return SecretStr(value.get_secret_value().strip())
+
+    @field_validator("jobs_webhook_allow")
+    @classmethod
+    def _webhook_allow(cls, value: list[str]) -> list[str]:
+        AllowList.parse(value)  # ValueError naming the entry that is neither a CIDR nor a host name
+        return value
 
     @field_validator("rate_limit_storage_uri")
     @classmethod

@@ -1,6 +1,7 @@
-"""Chat and text-to-image routes: validation and policy before the queue, worker calls inside it.
+"""Chat and text-to-image routes: each request is a job (services/interface/jobs/), waited for on the
+connection or, with ``Prefer: respond-async``, answered 202 with the job's URLs.
 
-A request for ``n`` images is one queue item of weight ``n``: it takes n places of the queue's bounds
+A request for ``n`` images is one job of weight ``n``: it takes n places of the queue's bounds
 (shared/queue_manager.py) and one worker call, which makes all n in one batched pipeline call.
 """
 
@@ -10,6 +11,10 @@ from fastapi import APIRouter, Request
 
 from services.interface.admission import run_admitted
 from services.interface.deps import FlowsDep, QueuesDep
+from services.interface.flows import fixed_seed
+from services.interface.job_kinds import request_spec
+from services.interface.jobs.records import JobRoute
+from services.interface.jobs.submission import ACCEPTED, run_job
 from shared.errors import ImgPodError
 from shared.models import (
     ChatImageRequest,
@@ -23,40 +28,40 @@ from shared.models import (
 router = APIRouter(tags=["chat"])
 
 
-@router.post("/v1/chat/1to1/imagegen", response_model=ChatImageResponse)
-async def chat_1to1_image(
-    req: ChatImageRequest, request: Request, flows: FlowsDep, queues: QueuesDep
-) -> ChatImageResponse:
+async def _image_job(request: Request, route: JobRoute, req: ChatImageRequest | ImageGenRequest) -> object:
+    spec = request_spec(req, fixed_seed(req.seed))
+    return await run_job(
+        request,
+        route,
+        spec,
+        weight=req.n,
+        client_body=req.model_dump(mode="json"),
+        options=req,
+    )
+
+
+@router.post("/v1/chat/1to1/imagegen", response_model=ChatImageResponse, responses=ACCEPTED)
+async def chat_1to1_image(req: ChatImageRequest, request: Request) -> object:
     """1:1 chat image: LLM expansion (unmoderated, hard block only), image, caption."""
-    job = await flows.prepare_chat_image("1to1", req)
-    return await run_admitted(request, queues["chat1to1"], lambda: flows.chat_image(job), weight=req.n)
+    return await _image_job(request, "chat1to1", req)
 
 
-@router.post("/v1/chat/shorts/generate", response_model=ChatImageResponse)
-async def chat_shorts(
-    req: ChatImageRequest, request: Request, flows: FlowsDep, queues: QueuesDep
-) -> ChatImageResponse:
+@router.post("/v1/chat/shorts/generate", response_model=ChatImageResponse, responses=ACCEPTED)
+async def chat_shorts(req: ChatImageRequest, request: Request) -> object:
     """Shorts image: moderated expansion, image, caption."""
-    job = await flows.prepare_chat_image("shorts", req)
-    return await run_admitted(request, queues["shorts"], lambda: flows.chat_image(job), weight=req.n)
+    return await _image_job(request, "shorts", req)
 
 
-@router.post("/v1/chat/scenes/generate", response_model=ChatImageResponse)
-async def chat_scenes(
-    req: ChatImageRequest, request: Request, flows: FlowsDep, queues: QueuesDep
-) -> ChatImageResponse:
+@router.post("/v1/chat/scenes/generate", response_model=ChatImageResponse, responses=ACCEPTED)
+async def chat_scenes(req: ChatImageRequest, request: Request) -> object:
     """Scenes image: moderated expansion, image, caption."""
-    job = await flows.prepare_chat_image("scenes", req)
-    return await run_admitted(request, queues["scenes"], lambda: flows.chat_image(job), weight=req.n)
+    return await _image_job(request, "scenes", req)
 
 
-@router.post("/v1/chat/private/imagegen", response_model=ImageGenResponse)
-async def private_image(
-    req: ImageGenRequest, request: Request, flows: FlowsDep, queues: QueuesDep
-) -> ImageGenResponse:
+@router.post("/v1/chat/private/imagegen", response_model=ImageGenResponse, responses=ACCEPTED)
+async def private_image(req: ImageGenRequest, request: Request) -> object:
     """Private chat image straight from the prompt: hard block only, no LLM."""
-    job = await flows.prepare_private_image(req)
-    return await run_admitted(request, queues["private"], lambda: flows.text_image(job), weight=req.n)
+    return await _image_job(request, "private", req)
 
 
 @router.post("/v1/chat/1to1/reply", response_model=ReplyResponse)
@@ -75,10 +80,7 @@ async def chat_reply(
         return await flows.template_reply(checked, exc)
 
 
-@router.post("/v1/imagegen", response_model=ImageGenResponse)
-async def general_image(
-    req: ImageGenRequest, request: Request, flows: FlowsDep, queues: QueuesDep
-) -> ImageGenResponse:
+@router.post("/v1/imagegen", response_model=ImageGenResponse, responses=ACCEPTED)
+async def general_image(req: ImageGenRequest, request: Request) -> object:
     """General text to image: soft-blocked prompts get safety constraints appended."""
-    job = await flows.prepare_general_image(req)
-    return await run_admitted(request, queues["text2img"], lambda: flows.text_image(job), weight=req.n)
+    return await _image_job(request, "text2img", req)

@@ -1,24 +1,24 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 
-from services.interface.admission import run_admitted
-from services.interface.deps import FlowsDep, QueuesDep, SettingsDep
+from services.interface.deps import QueuesDep, SettingsDep
+from services.interface.flows import fixed_seed
+from services.interface.jobs.submission import ACCEPTED, run_job
 from shared.errors import PayloadTooLarge
 from shared.image_params import MAX_GUIDANCE, MAX_IMAGES, MAX_STEPS
 from shared.images import probe_upload
-from shared.models import MAX_SEED, ProfileCreateResponse
+from shared.models import MAX_SEED, JobOptions, ProfileCreateResponse
 
 router = APIRouter(tags=["profile"])
 
 
-@router.post("/v1/profile/create", response_model=ProfileCreateResponse)
+@router.post("/v1/profile/create", response_model=ProfileCreateResponse, responses=ACCEPTED)
 async def create_profile(
     request: Request,
-    flows: FlowsDep,
     queues: QueuesDep,
     settings: SettingsDep,
     file: Annotated[UploadFile, File(description="The selfie: JPEG, PNG or WebP")],
@@ -29,12 +29,14 @@ async def create_profile(
     steps: Annotated[int | None, Form(ge=1, le=MAX_STEPS)] = None,
     guidance_scale: Annotated[float | None, Form(ge=0.0, le=MAX_GUIDANCE)] = None,
     n: Annotated[int, Form(ge=1, le=MAX_IMAGES)] = 1,
-) -> ProfileCreateResponse:
+    webhook: Annotated[str | None, Form(min_length=1, max_length=2048)] = None,
+    webhook_events_filter: Annotated[
+        list[Literal["start", "progress", "completed"]] | None, Form(max_length=3)
+    ] = None,
+) -> object:
     """Selfie in, avatar out: face and features from the selfie worker, then the profile image(s)."""
-    queue = queues["profile"]
-    job = await flows.prepare_profile(style, seed, steps, guidance_scale, n)
     # Refuse for load before spending a decode (CPU and memory) on an upload that cannot be queued.
-    queue.check_admission(n)
+    queues["profile"].check_admission(n)
     data = await file.read(settings.max_upload_bytes + 1)
     if len(data) > settings.max_upload_bytes:
         raise PayloadTooLarge(f"upload is over {settings.max_upload_bytes} bytes")
@@ -44,8 +46,20 @@ async def create_profile(
     await asyncio.to_thread(
         probe_upload, data, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_upload_pixels
     )
-    name = file.filename or "selfie"
-    content_type = file.content_type or "application/octet-stream"
-    return await run_admitted(
-        request, queue, lambda: flows.create_profile(data, name, content_type, job), weight=n
+    form = {"style": style, "steps": steps, "guidance_scale": guidance_scale, "n": n}
+    spec = {k: v for k, v in form.items() if v is not None}
+    spec |= {
+        "seed": fixed_seed(seed),
+        "filename": file.filename or "selfie",
+        "content_type": file.content_type or "application/octet-stream",
+    }
+    options = JobOptions(webhook=webhook, webhook_events_filter=webhook_events_filter)
+    return await run_job(
+        request,
+        "profile",
+        spec,
+        weight=n,
+        client_body={**form, "seed": seed, **options.model_dump()},
+        options=options,
+        blob=data,
     )

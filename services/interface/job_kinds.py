@@ -1,0 +1,48 @@
+"""How each generate route's job becomes work: its stored spec, through the route's prepare step, to the flow.
+
+The routes build their work with ``build_work`` too, from the very spec they store: so a job run again after a
+restart, or by another replica, goes through exactly what the first submission went through (validation, the
+word rules, the deployed workers' limits) with the same fixed seed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from services.interface.flows import Flows
+from services.interface.jobs.manager import Work
+from services.interface.jobs.records import JobRoute
+from shared.models import JOB_OPTION_FIELDS, ChatImageRequest, ImageGenRequest
+from shared.roles import ChatKind
+
+CHAT_KINDS: dict[str, ChatKind] = {"chat1to1": "1to1", "shorts": "shorts", "scenes": "scenes"}
+
+
+def request_spec(req: BaseModel, seed: int) -> dict[str, Any]:
+    """The request as its job stores it: JSON, the job's own fields left out, the seed fixed."""
+    spec = req.model_dump(mode="json", exclude=set(JOB_OPTION_FIELDS), exclude_none=True)
+    spec["seed"] = seed
+    return spec
+
+
+async def build_work(flows: Flows, route: JobRoute, spec: dict[str, Any], blob: bytes | None) -> Work:
+    if route in CHAT_KINDS:
+        chat = await flows.prepare_chat_image(CHAT_KINDS[route], ChatImageRequest.model_validate(spec))
+        return lambda: flows.chat_image(chat)
+    if route == "private":
+        private = await flows.prepare_private_image(ImageGenRequest.model_validate(spec))
+        return lambda: flows.text_image(private)
+    if route == "text2img":
+        general = await flows.prepare_general_image(ImageGenRequest.model_validate(spec))
+        return lambda: flows.text_image(general)
+    if route == "profile":
+        if blob is None:
+            raise ValueError("a profile job has no upload")
+        profile = await flows.prepare_profile(
+            spec.get("style"), spec["seed"], spec.get("steps"), spec.get("guidance_scale"), spec.get("n", 1)
+        )
+        name, content_type = spec["filename"], spec["content_type"]
+        return lambda: flows.create_profile(blob, name, content_type, profile)
+    raise ValueError(f"no job kind for route {route}")

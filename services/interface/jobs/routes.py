@@ -1,0 +1,107 @@
+"""The job routes: read a job, stream its events, cancel it. A job is its API key's: another key gets 404."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Request
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from services.interface.jobs.manager import JobManager
+from services.interface.jobs.records import TERMINAL_EVENT, JobEvent, JobRecord, JobStatus
+from shared.errors import ImgPodError
+from shared.service import KEY_ID
+
+router = APIRouter(tags=["jobs"])
+JobId = Annotated[str, Path(pattern=r"^job_[0-9a-f]{24}$", description="The id a 202 answered with")]
+_TERMINAL_TYPES = frozenset(TERMINAL_EVENT.values())
+# Seconds between SSE comments that keep proxies (RunPod's, a load balancer's) from closing an idle stream.
+PING_S = 15
+
+
+class JobNotFound(ImgPodError):
+    status_code = 404
+    code = "job_not_found"
+
+
+async def get_manager(request: Request) -> JobManager:
+    return request.app.state.jobs
+
+
+ManagerDep = Annotated[JobManager, Depends(get_manager)]
+
+
+def owner_of(request: Request) -> str | None:
+    state = request.scope.get("state")
+    return state.get(KEY_ID) if state else None
+
+
+async def _job(manager: JobManager, job_id: str, request: Request) -> JobRecord:
+    record = await manager.find(job_id, owner_of(request))
+    if record is None:
+        raise JobNotFound("no such job for this API key", stage="jobs")
+    return record
+
+
+async def _view(manager: JobManager, record: JobRecord) -> dict[str, Any]:
+    position = await manager.store.position(record) if record.status is JobStatus.queued else None
+    return manager.view(record, position)
+
+
+@router.get("/v1/jobs/{job_id}")
+async def get_job(job_id: JobId, request: Request, manager: ManagerDep) -> dict[str, Any]:
+    """A job's state: queued (with its position), running (step / total), or how it ended, with the same body
+    the synchronous route answers when it succeeded."""
+    return await _view(manager, await _job(manager, job_id, request))
+
+
+@router.post("/v1/jobs/{job_id}/cancel")
+async def cancel_job(job_id: JobId, request: Request, manager: ManagerDep) -> dict[str, Any]:
+    """Cancel: a queued job leaves the queue; a running one stops at the image worker's next step. Answers the
+    job as it is afterwards (``canceled``, or how it ended if it finished first)."""
+    record = await _job(manager, job_id, request)
+    return await _view(manager, await manager.cancel(record))
+
+
+@router.get("/v1/jobs/{job_id}/events", response_class=EventSourceResponse)
+async def job_events(job_id: JobId, request: Request, manager: ManagerDep) -> EventSourceResponse:
+    """Server-Sent Events: the job's state now, then each event (queued, started, progress, completed, failed,
+    canceled, expired) until it ends; the stream closes after the terminal event."""
+    await _job(manager, job_id, request)  # 404 before the stream starts, not inside it
+    return EventSourceResponse(_events(manager, job_id), ping=PING_S)
+
+
+async def _events(manager: JobManager, job_id: str) -> AsyncIterator[ServerSentEvent]:
+    # Subscribed before the snapshot is read: an event between the two is never lost (at worst seen twice).
+    async with manager.store.subscribe(job_id) as events:
+        record = await manager.store.get(job_id)
+        if record is None:
+            return
+        snapshot = await _snapshot(manager, record)
+        yield snapshot
+        if snapshot.event in _TERMINAL_TYPES:
+            return
+        while True:
+            event: JobEvent = await events.get()
+            yield ServerSentEvent(json.dumps({"id": job_id, **event.data}), event=event.type)
+            if event.type in _TERMINAL_TYPES:
+                return
+
+
+async def _snapshot(manager: JobManager, record: JobRecord) -> ServerSentEvent:
+    status = record.status
+    if status is JobStatus.queued:
+        data: dict[str, Any] = {"position": await manager.store.position(record)}
+        kind = "queued"
+    elif status is JobStatus.running:
+        data = {"attempt": record.attempts}
+        kind = "started"
+        if record.step is not None:
+            data = {"step": record.step, "total": record.total_steps}
+            kind = "progress"
+    else:
+        data = {"job": manager.view(record)}
+        kind = TERMINAL_EVENT[status]
+    return ServerSentEvent(json.dumps({"id": record.id, **data}), event=kind)
