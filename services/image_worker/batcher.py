@@ -9,6 +9,10 @@ job of a call is always taken (the engine refuses jobs of more than ``max_batch`
 fill twice that).
 Each device is driven by exactly one runner, so a pipeline never sees two calls at once, and several
 devices in one worker share the load without any routing logic.
+
+A submitter hears its job's denoising steps (``on_progress``, on the event loop) and goes away by cancelling
+``submit``: the job is marked canceled, and the pipeline call it is in drops it at its next step (and stops
+there when nobody in the call is left; ``DevicePipeline.run``).
 """
 
 from __future__ import annotations
@@ -17,16 +21,19 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from PIL import Image
 
 from services.image_worker.batch_policy import BatchPolicy
-from services.image_worker.pipeline import DevicePipeline, ImageJob
+from services.image_worker.pipeline import DevicePipeline, GenerationCanceled, ImageJob, StepListener
 from shared.errors import InferenceFailed
 from shared.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
+# (steps done, steps in the call), called on the event loop.
+ProgressListener = Callable[[int, int], None]
 
 
 @dataclass(slots=True)
@@ -49,6 +56,13 @@ class ImageResult:
 class _Pending:
     job: ImageJob
     future: asyncio.Future[ImageResult]
+    on_progress: ProgressListener | None = None
+    # Set on the loop when the submitter goes away; read by the pipeline's thread at each step (a plain
+    # attribute: one writer, and a reader that only needs to see it by the next step).
+    canceled: bool = False
+    # The last step passed on: a call retried after a failed batch starts again at step 1, and the
+    # submitter hears each step once, in order.
+    reported: int = 0
     enqueued: float = field(default_factory=time.perf_counter)
 
 
@@ -86,6 +100,12 @@ class Batcher:
         self.m_infer = metrics.histogram("imgpod_model_inference_seconds", "Pipeline call time", ("device",))
         self.m_depth = metrics.gauge("imgpod_image_pending", "Jobs waiting for a pipeline")
         self.m_failed = metrics.counter("imgpod_image_failures_total", "Jobs that failed in the pipeline")
+        self.m_canceled = metrics.counter(
+            "imgpod_image_canceled_total", "Jobs whose caller went away before their images were made"
+        )
+        self.m_steps = metrics.counter(
+            "imgpod_image_steps_total", "Denoising steps run, one per image in the call per step"
+        )
 
     @property
     def concurrency(self) -> int:
@@ -105,14 +125,23 @@ class Batcher:
             if not item.future.done():
                 item.future.set_exception(InferenceFailed("worker is shutting down"))
 
-    async def submit(self, job: ImageJob) -> ImageResult:
+    async def submit(self, job: ImageJob, on_progress: ProgressListener | None = None) -> ImageResult:
+        """The job's images; ``on_progress(step, total)`` hears each denoising step of its pipeline call."""
         future: asyncio.Future[ImageResult] = asyncio.get_running_loop().create_future()
+        item = _Pending(job, future, on_progress)
         async with self._cond:
-            self._pending.append(_Pending(job, future))
+            self._pending.append(item)
             self.m_depth.set(len(self._pending))
             self._cond.notify_all()
-        # If the caller goes away (client disconnect), the future is cancelled and the runner skips it.
-        return await future
+        try:
+            return await future
+        except asyncio.CancelledError:
+            # The caller went away (client disconnect, timeout): a pending job is skipped, a running one
+            # leaves its pipeline call at the next step.
+            if future.cancelled():
+                item.canceled = True
+                self.m_canceled.inc()
+            raise
 
     def _limit(self, batch: list[_Pending]) -> int:
         first = batch[0].job
@@ -169,10 +198,45 @@ class Batcher:
                 for item in batch:
                     self._fail(item, exc)
 
+    async def _call(
+        self, pipe: DevicePipeline, batch: list[_Pending]
+    ) -> tuple[list[list[Image.Image]], list[int]]:
+        """One pipeline call off the loop, its steps relayed to the submitters and counted."""
+        loop = asyncio.get_running_loop()
+
+        def relay(step: int, total: int) -> None:
+            loop.call_soon_threadsafe(self._relay, batch, step, total)
+
+        # No listener, no loop wake-up per step.
+        on_step: StepListener | None = relay if any(p.on_progress for p in batch) else None
+
+        def canceled() -> list[int]:
+            return [index for index, item in enumerate(batch) if item.canceled]
+
+        before = pipe.image_steps
+        try:
+            return await asyncio.to_thread(pipe.run, [p.job for p in batch], on_step, canceled)
+        finally:
+            self.m_steps.inc(pipe.image_steps - before)
+
+    def _relay(self, batch: list[_Pending], step: int, total: int) -> None:
+        for item in batch:
+            if item.on_progress is None or item.future.done() or step <= item.reported:
+                continue
+            item.reported = step
+            try:
+                item.on_progress(step, total)
+            except Exception:
+                # A listener's fault must not reach the other jobs of the call.
+                log.exception("progress listener failed")
+
     async def _serve(self, pipe: DevicePipeline, label: str, batch: list[_Pending]) -> None:
         started = time.perf_counter()
         try:
-            images, tokens = await asyncio.to_thread(pipe.run, [p.job for p in batch])
+            images, tokens = await self._call(pipe, batch)
+        except GenerationCanceled:
+            # Everyone in the call went away: nothing failed and nobody waits for a retry.
+            return
         except Exception as exc:
             if len(batch) == 1:
                 self._fail(batch[0], exc)
@@ -183,7 +247,8 @@ class Batcher:
                 await self._run_single(pipe, label, item)
             return
         elapsed = time.perf_counter() - started
-        n = sum(len(job_images) for job_images in images)
+        # The images the call was asked for, canceled ones included: what it held of the device.
+        n = sum(item.job.count for item in batch)
         self._observe(label, n, elapsed)
         for item, job_images, count in zip(batch, images, tokens, strict=True):
             self._resolve(item, job_images, count, pipe.device, n, started, elapsed)
@@ -193,7 +258,9 @@ class Batcher:
             return
         started = time.perf_counter()
         try:
-            (images,), (count,) = await asyncio.to_thread(pipe.run, [item.job])
+            (images,), (count,) = await self._call(pipe, [item])
+        except GenerationCanceled:
+            return
         except Exception as exc:
             self._fail(item, exc)
             return

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
-from services.image_worker.batcher import Batcher, ImageResult
+from services.image_worker.batcher import Batcher, ImageResult, ProgressListener
 from services.image_worker.devices import resolve_devices
 from services.image_worker.model_files import ModelFilesInvalid
 from services.image_worker.output_safety import OutputSafetyChecker, SafetyVerdict
@@ -52,6 +52,16 @@ class Generated:
     prompt_tokens: int
     prompt_truncated: bool
     safety_checked: bool
+
+
+@dataclass(slots=True)
+class Admission:
+    """A request the worker took: its job holds ``job.count`` of the worker's bound until released."""
+
+    batcher: Batcher
+    job: ImageJob
+    started: float
+    released: bool = False
 
 
 class ImageEngine:
@@ -194,7 +204,18 @@ class ImageEngine:
         negative = params.negative_prompt.strip() if params.negative_prompt and guidance > 0 else None
         return ImageJob(params.prompt, negative or None, seed, width, height, steps, guidance, params.n)
 
-    async def generate(self, params: GenerationParams, route_role: RoleName) -> Generated:
+    async def generate(
+        self, params: GenerationParams, route_role: RoleName, on_progress: ProgressListener | None = None
+    ) -> Generated:
+        """``admit`` then ``run_admitted``; ``on_progress(step, total)`` hears each denoising step."""
+        return await self.run_admitted(self.admit(params), route_role, on_progress)
+
+    def admit(self, params: GenerationParams) -> Admission:
+        """Every refusal that comes before the work (not ready, invalid, the worker's 429), raised here.
+
+        Split from the run so a streamed answer can refuse with a plain HTTP error before its stream starts.
+        The caller must pass the admission to ``run_admitted`` or ``release`` it.
+        """
         batcher = self.require_ready()
         job = self.make_job(params)
         # Counted in images, like the batches: a request of n images holds n of the worker's bound (a lone
@@ -208,18 +229,36 @@ class ImageEngine:
                 stage="image",
             )
         self.held += job.count
-        started = time.perf_counter()
-        try:
-            return await self._generate(batcher, job, self.checks_output(route_role))
-        finally:
-            self.held -= job.count
-            self._mean_request_s += 0.2 * (time.perf_counter() - started - self._mean_request_s)
+        return Admission(batcher, job, time.perf_counter())
 
-    async def _generate(self, batcher: Batcher, job: ImageJob, check_pixels: bool) -> Generated:
+    def release(self, admission: Admission) -> None:
+        """Give back what the admission holds of the bound; once, however many paths end the request."""
+        if admission.released:
+            return
+        admission.released = True
+        self.held -= admission.job.count
+        self._mean_request_s += 0.2 * (time.perf_counter() - admission.started - self._mean_request_s)
+
+    async def run_admitted(
+        self, admission: Admission, route_role: RoleName, on_progress: ProgressListener | None = None
+    ) -> Generated:
+        """The generation; cancelling it (the caller went away) stops the job at its pipeline's next step."""
+        try:
+            return await self._generate(
+                admission.batcher, admission.job, self.checks_output(route_role), on_progress
+            )
+        finally:
+            self.release(admission)
+
+    async def _generate(
+        self, batcher: Batcher, job: ImageJob, check_pixels: bool, on_progress: ProgressListener | None
+    ) -> Generated:
         if self.gate is not None:
             await self.gate.passthrough()
         try:
-            result = await asyncio.wait_for(batcher.submit(job), self.settings.inference_timeout_s)
+            result = await asyncio.wait_for(
+                batcher.submit(job, on_progress), self.settings.inference_timeout_s
+            )
         except TimeoutError as exc:
             raise InferenceTimeout(
                 f"image generation took longer than {self.settings.inference_timeout_s:g} s", stage="image"

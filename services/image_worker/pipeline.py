@@ -1,10 +1,14 @@
-"""One Z-Image pipeline on one device: loading and a synchronous batched call.
+"""One Z-Image pipeline on one device: loading and a synchronous batched call, observed step by step.
 
 A diffusers pipeline object is not safe for concurrent calls (its scheduler keeps per-call state), so a
 ``DevicePipeline`` is only ever driven by one runner task at a time; see ``batcher.py``. The same holds for
 its tokenizer (a Rust tokenizer with truncation/padding state): prompts are counted inside ``run``, on the
 thread that runs the pipeline, never on the event loop while a batch is in flight. Counting on the loop once
 gave wrong counts (64 instead of 532) and failed batches under concurrent load.
+
+Each call reports its denoising steps and stops work for jobs whose callers went away (``StepHook``): a call
+whose every job is canceled ends at the next step, before the VAE decode; a canceled job in a call that goes
+on leaves the call's tensors where the pipeline allows it (see ``StepHook.__call__``).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +34,11 @@ log = logging.getLogger(__name__)
 _TOKEN_BUCKET = 64
 # ZImageTransformer2DModel pads the caption to a multiple of this (diffusers' SEQ_MULTI_OF).
 _CAPTION_PAD = 32
+
+# Called on the pipeline's thread after each denoising step: (steps done, steps in the call).
+StepListener = Callable[[int, int], None]
+# Called on the pipeline's thread: the indexes (in the call's job list) of the jobs whose callers went away.
+CancelCheck = Callable[[], Collection[int]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +70,73 @@ class ImageJob:
 
 class ModelLoadError(RuntimeError):
     pass
+
+
+class GenerationCanceled(Exception):
+    """Every job of a pipeline call was canceled: the call stopped after a step, with no images."""
+
+
+class StepHook:
+    """diffusers' ``callback_on_step_end`` for one call: reports each step, acts on cancels.
+
+    The call's entries (one latent row and one prompt embedding per image) belong to jobs; ``row_jobs`` says
+    whose each row still in the call is, so a canceled job's rows can leave the call and the images that come
+    out are matched to their jobs by position.
+    """
+
+    # What the callback asks the pipeline for (both are in ZImagePipeline._callback_tensor_inputs).
+    TENSOR_INPUTS = ("latents", "prompt_embeds")
+
+    def __init__(
+        self,
+        row_jobs: list[int],
+        total_steps: int,
+        *,
+        guided: bool,
+        on_step: StepListener | None = None,
+        canceled: CancelCheck | None = None,
+    ) -> None:
+        self.row_jobs = list(row_jobs)
+        self.jobs = frozenset(row_jobs)
+        self.total_steps = total_steps
+        self.guided = guided
+        self.on_step = on_step
+        self.canceled = canceled
+        self.gone: frozenset[int] = frozenset()
+        # Image-steps run: one per row per step, so a canceled job's rows stop counting when they leave.
+        self.denoised = 0
+
+    def __call__(self, pipe: Any, step_index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        self.denoised += len(self.row_jobs)
+        if self.canceled is not None:
+            self.gone = frozenset(self.canceled()) & self.jobs
+            if self.gone == self.jobs:
+                # Nobody waits for any image of this call: no more steps, no decode.
+                raise GenerationCanceled(f"all {len(self.jobs)} jobs canceled after step {step_index + 1}")
+            if self.gone and not self.guided:
+                out = self.drop_rows(tensors)
+        if self.on_step is not None:
+            self.on_step(step_index + 1, self.total_steps)
+        return out
+
+    def drop_rows(self, tensors: dict[str, Any]) -> dict[str, Any]:
+        """The call's tensors without the rows of canceled jobs; {} when none of them is left in the call.
+
+        Only without guidance: the unguided step runs the transformer on whatever batch ``latents`` and
+        ``prompt_embeds`` hold and steps each row on its own (``timestep`` follows ``latents.shape[0]``;
+        ``actual_batch_size`` is read only in the CFG branch), and the decode takes what is left. Under CFG
+        the pipeline splits the transformer's output at ``actual_batch_size``, fixed at the start of the call,
+        so rows cannot leave: canceled jobs ride along to the end and their images are dropped afterwards.
+        """
+        keep = [row for row, job in enumerate(self.row_jobs) if job not in self.gone]
+        if len(keep) == len(self.row_jobs):
+            return {}
+        latents = tensors["latents"]
+        embeds = tensors["prompt_embeds"]
+        self.row_jobs = [self.row_jobs[row] for row in keep]
+        index = torch.tensor(keep, device=latents.device)
+        return {"latents": latents.index_select(0, index), "prompt_embeds": [embeds[row] for row in keep]}
 
 
 class ModelMissing(ModelLoadError):
@@ -106,6 +183,8 @@ class DevicePipeline:
         # Pipeline calls per (width, height), warm-up included: whether a request is the first at its size.
         self.calls_by_shape: Counter[tuple[int, int]] = Counter()
         self.tiled_calls = 0
+        # Image-steps denoised over all calls (one per image per step), canceled calls included.
+        self.image_steps = 0
 
     def local_dir(self) -> Path | None:
         """The folder the pipeline loads from: the local path, or the hub cache's snapshot when present."""
@@ -179,19 +258,30 @@ class DevicePipeline:
         return max(_TOKEN_BUCKET, min(bucket, self.max_sequence_length))
 
     @torch.inference_mode()
-    def run(self, jobs: list[ImageJob]) -> tuple[list[list[Image.Image]], list[int]]:
+    def run(
+        self,
+        jobs: list[ImageJob],
+        on_step: StepListener | None = None,
+        canceled: CancelCheck | None = None,
+    ) -> tuple[list[list[Image.Image]], list[int]]:
         """One pipeline call for the batch; returns each job's images and each prompt's token count.
 
         A job of ``count`` images is ``count`` entries of the call, one generator (one seed) each, rather
         than ``num_images_per_prompt``: that argument is per call, and one call mixes jobs of any count.
+        ``on_step`` hears every denoising step; a job in ``canceled()`` gets no images (an empty list), and
+        when every job is, the call raises ``GenerationCanceled`` at the next step. Live jobs get the images
+        their seeds make whatever their neighbours do: a canceled neighbour's rows leave the call, never
+        move into another job's place.
         """
+        if canceled is not None and len(frozenset(canceled()) & frozenset(range(len(jobs)))) == len(jobs):
+            raise GenerationCanceled(f"all {len(jobs)} jobs canceled before the call")
         token_counts = [self.count_tokens(job.prompt) for job in jobs]
         first = jobs[0]
-        entries = [(job, seed) for job in jobs for seed in job.seeds]
-        generators = [torch.Generator(device=self.device).manual_seed(seed) for _, seed in entries]
+        entries = [(index, job, seed) for index, job in enumerate(jobs) for seed in job.seeds]
+        generators = [torch.Generator(device=self.device).manual_seed(seed) for _, _, seed in entries]
         negative = None
         if first.negative_prompt is not None:
-            negative = [job.negative_prompt or "" for job, _ in entries]
+            negative = [job.negative_prompt or "" for _, job, _ in entries]
         tiled = 0 < self.vae_tiling_above < max(first.width, first.height)
         # Per call, not once at load: tiled decoding is slower and blends seams, so sizes at or under the
         # threshold keep the plain decoder. Safe because one runner drives this pipeline at a time.
@@ -201,26 +291,39 @@ class DevicePipeline:
         else:
             self.pipe.vae.disable_tiling()
         self.calls_by_shape[(first.width, first.height)] += 1
+        hook = StepHook(
+            [index for index, _, _ in entries],
+            first.steps,
+            guided=first.guidance_scale > 0,
+            on_step=on_step,
+            canceled=canceled,
+        )
         started = time.perf_counter()
-        out = self.pipe(
-            prompt=[job.prompt for job, _ in entries],
-            negative_prompt=negative,
-            height=first.height,
-            width=first.width,
-            num_inference_steps=first.steps,
-            guidance_scale=first.guidance_scale,
-            generator=generators,
-            max_sequence_length=self.sequence_length_for(token_counts),
-            output_type="pil",
-        )
+        try:
+            out = self.pipe(
+                prompt=[job.prompt for _, job, _ in entries],
+                negative_prompt=negative,
+                height=first.height,
+                width=first.width,
+                num_inference_steps=first.steps,
+                guidance_scale=first.guidance_scale,
+                generator=generators,
+                max_sequence_length=self.sequence_length_for(token_counts),
+                output_type="pil",
+                callback_on_step_end=hook,
+                callback_on_step_end_tensor_inputs=list(StepHook.TENSOR_INPUTS),
+            )
+        finally:
+            self.image_steps += hook.denoised
         images = list(out.images)
-        if len(images) != len(entries):
-            raise RuntimeError(f"pipeline returned {len(images)} images for {len(entries)} asked")
+        if len(images) != len(hook.row_jobs):
+            raise RuntimeError(f"pipeline returned {len(images)} images for {len(hook.row_jobs)} asked")
         log.debug(
-            "batch done", extra={"n": len(entries), "ms": round((time.perf_counter() - started) * 1000, 1)}
+            "batch done", extra={"n": len(images), "ms": round((time.perf_counter() - started) * 1000, 1)}
         )
-        per_job: list[list[Image.Image]] = []
-        for job in jobs:
-            per_job.append(images[: job.count])
-            images = images[job.count :]
+        per_job: list[list[Image.Image]] = [[] for _ in jobs]
+        for index, image in zip(hook.row_jobs, images, strict=True):
+            # Under CFG a canceled job's rows rode along to the end; their images go nowhere.
+            if index not in hook.gone:
+                per_job[index].append(image)
         return per_job, token_counts

@@ -131,10 +131,10 @@ class FaultyDevicePipeline(DevicePipeline):
     including the retried good items, runs the real model.
     """
 
-    def run(self, jobs: list[ImageJob]) -> tuple[list[list[Image.Image]], list[int]]:
+    def run(self, jobs: list[ImageJob], *hooks: Any) -> tuple[list[list[Image.Image]], list[int]]:
         if any(FAULT_MARK in job.prompt for job in jobs):
             raise RuntimeError("injected fault")
-        return super().run(jobs)
+        return super().run(jobs, *hooks)
 
 
 def test_one_bad_item_does_not_fail_the_batch(

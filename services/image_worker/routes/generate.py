@@ -1,17 +1,31 @@
-"""Generation routes: the role-free ``/v1/generate`` and each role's own route."""
+"""Generation routes: the role-free ``/v1/generate`` and each role's own route.
+
+A caller that accepts ``application/x-ndjson`` gets the progress stream of ``shared/progress_stream.py``:
+refusals that come before the work (validation, policy, not ready, the worker's 429) are plain HTTP errors as
+without it, then one line per denoising step and one final line (the plain answer's body, or its error).
+Closing the connection cancels the generation: uvicorn speaks ASGI 2.3 over HTTP, so Starlette's
+``StreamingResponse`` listens for the disconnect and cancels the body iterator, whose ``finally`` cancels the
+generation task, which leaves its pipeline call at the next step.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections.abc import AsyncIterator
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
+from fastapi.responses import Response, StreamingResponse
+from starlette.background import BackgroundTask
 
+from services.image_worker.batcher import ProgressListener
 from services.image_worker.deps import EngineDep
-from services.image_worker.engine import GenerationParams, ImageEngine
+from services.image_worker.engine import Admission, GenerationParams, ImageEngine
 from services.image_worker.moderation import check_negative_prompt, moderate
 from services.image_worker.profile_prompt import build_profile_prompt
 from services.image_worker.settings import Role
+from shared.errors import ErrorReply, ImgPodError, native_shape
 from shared.images import encode_image_base64
 from shared.models import (
     GeneratedImage,
@@ -20,19 +34,113 @@ from shared.models import (
     ImageFormat,
     ProfileGenerateRequest,
 )
+from shared.progress_stream import MEDIA_TYPE, error_line, progress_line, result_line
+from shared.request_context import get_request_id
 from shared.roles import RoleName
 
+log = logging.getLogger(__name__)
 
-async def run_generation(
+
+async def answer(
+    request: Request,
     engine: ImageEngine,
     params: GenerationParams,
     output_format: ImageFormat,
     *,
     route_role: RoleName,
     soft_blocked: bool = False,
+) -> GenerateResponse | Response:
+    """The plain JSON answer, or the progress stream when the caller accepts it."""
+    admission = engine.admit(params)
+    if MEDIA_TYPE not in request.headers.get("accept", ""):
+        return await run_generation(
+            engine, admission, output_format, route_role=route_role, soft_blocked=soft_blocked
+        )
+    lines = progress_lines(engine, admission, output_format, route_role=route_role, soft_blocked=soft_blocked)
+
+    async def close() -> None:
+        # Starlette runs this after the body, also when a disconnect cancelled it while it was not inside
+        # the iterator (or before it started): whatever happened, the generation stops and the bound is
+        # given back.
+        await lines.aclose()
+        engine.release(admission)
+
+    return StreamingResponse(lines, media_type=MEDIA_TYPE, background=BackgroundTask(close))
+
+
+async def progress_lines(
+    engine: ImageEngine,
+    admission: Admission,
+    output_format: ImageFormat,
+    *,
+    route_role: RoleName,
+    soft_blocked: bool,
+) -> AsyncIterator[bytes]:
+    """The stream's lines; the generation runs as a task so its steps can be written as they happen."""
+    queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    def on_progress(step: int, total: int) -> None:
+        queue.put_nowait(progress_line(step, total))
+
+    task = asyncio.create_task(
+        run_generation(
+            engine,
+            admission,
+            output_format,
+            route_role=route_role,
+            soft_blocked=soft_blocked,
+            on_progress=on_progress,
+        )
+    )
+    # After the last step's line: the batcher relays steps with call_soon_threadsafe before the pipeline
+    # call returns, so they are queued before the task can finish.
+    task.add_done_callback(lambda _: queue.put_nowait(None))
+    try:
+        while (line := await queue.get()) is not None:
+            yield line
+        yield await final_line(task)
+    finally:
+        # A no-op once it is done; otherwise the caller went away and the generation stops at its next step.
+        task.cancel()
+        # A task cancelled before it ran never entered run_admitted's own release.
+        engine.release(admission)
+
+
+async def final_line(task: asyncio.Task[GenerateResponse]) -> bytes:
+    """The result line, or the error line with the status, body and headers the plain call would answer."""
+    exc = task.exception()
+    if exc is None:
+        response = task.result()
+        # Megabytes of base64 for a large image: milliseconds of JSON encoding, off the loop.
+        return await asyncio.to_thread(lambda: result_line(response.model_dump(mode="json")))
+    if isinstance(exc, ImgPodError):
+        if exc.status_code >= 500:
+            log.warning(
+                "request failed",
+                extra={"code": exc.code, "stage": exc.stage, "detail": exc.detail},
+                exc_info=exc,
+            )
+        reply = ErrorReply.of(exc)
+    else:
+        log.error("unhandled error", exc_info=exc)
+        reply = ErrorReply(500, "internal server error", "internal_error")
+    status, body = native_shape(reply)
+    if request_id := get_request_id():
+        body["request_id"] = request_id
+    return error_line(status, body, dict(reply.headers))
+
+
+async def run_generation(
+    engine: ImageEngine,
+    admission: Admission,
+    output_format: ImageFormat,
+    *,
+    route_role: RoleName,
+    soft_blocked: bool = False,
+    on_progress: ProgressListener | None = None,
 ) -> GenerateResponse:
     started = time.perf_counter()
-    generated = await engine.generate(params, route_role)
+    generated = await engine.run_admitted(admission, route_role, on_progress)
     encode_started = time.perf_counter()
     # 200-400 ms for a 1024x1024 PNG: on the loop it would stall /healthz past the interface's probe timeout.
     encoded = await asyncio.to_thread(
@@ -92,44 +200,56 @@ shorts = APIRouter(tags=["generate"])
 scenes = APIRouter(tags=["generate"])
 
 
+# Each route answers plain JSON (the response model), or the progress stream under ``Accept`` (``answer``).
 @general.post("/v1/generate", response_model=GenerateResponse)
-async def generate(req: GenerateRequest, engine: EngineDep) -> GenerateResponse:
+async def generate(req: GenerateRequest, request: Request, engine: EngineDep) -> GenerateResponse | Response:
     """Text to image for the interface's general pool, with the general role's policy on any worker."""
-    return await _generate_text(req, engine, "general")
+    return await _generate_text(req, request, engine, "general")
 
 
 @profile.post("/v1/profile/generate", response_model=GenerateResponse)
-async def profile_generate(req: ProfileGenerateRequest, engine: EngineDep) -> GenerateResponse:
+async def profile_generate(
+    req: ProfileGenerateRequest, request: Request, engine: EngineDep
+) -> GenerateResponse | Response:
     """An avatar from selfie features, in the house style unless a style is given."""
     prompt = (await moderate(build_profile_prompt(req.features, req.style), "profile")).prompt
     params = GenerationParams(
         prompt, None, req.seed, req.width, req.height, req.steps, req.guidance_scale, req.n
     )
-    return await run_generation(engine, params, req.output_format, route_role="profile")
+    return await answer(request, engine, params, req.output_format, route_role="profile")
 
 
 @chat1to1.post("/v1/chat/1to1/generate", response_model=GenerateResponse)
-async def chat1to1_generate(req: GenerateRequest, engine: EngineDep) -> GenerateResponse:
+async def chat1to1_generate(
+    req: GenerateRequest, request: Request, engine: EngineDep
+) -> GenerateResponse | Response:
     """A 1:1 chat image: hard block only."""
-    return await _generate_text(req, engine, "chat1to1")
+    return await _generate_text(req, request, engine, "chat1to1")
 
 
 @shorts.post("/v1/chat/shorts/generate", response_model=GenerateResponse)
-async def shorts_generate(req: GenerateRequest, engine: EngineDep) -> GenerateResponse:
+async def shorts_generate(
+    req: GenerateRequest, request: Request, engine: EngineDep
+) -> GenerateResponse | Response:
     """A shorts image: soft block and the pixel check."""
-    return await _generate_text(req, engine, "shorts")
+    return await _generate_text(req, request, engine, "shorts")
 
 
 @scenes.post("/v1/chat/scenes/generate", response_model=GenerateResponse)
-async def scenes_generate(req: GenerateRequest, engine: EngineDep) -> GenerateResponse:
+async def scenes_generate(
+    req: GenerateRequest, request: Request, engine: EngineDep
+) -> GenerateResponse | Response:
     """A scenes image: soft block and the pixel check."""
-    return await _generate_text(req, engine, "scenes")
+    return await _generate_text(req, request, engine, "scenes")
 
 
-async def _generate_text(req: GenerateRequest, engine: ImageEngine, route_role: RoleName) -> GenerateResponse:
+async def _generate_text(
+    req: GenerateRequest, request: Request, engine: ImageEngine, route_role: RoleName
+) -> GenerateResponse | Response:
     checked = await moderate(req.prompt, route_role)
     await check_negative_prompt(req.negative_prompt)
-    return await run_generation(
+    return await answer(
+        request,
         engine,
         params_from(req, checked.prompt),
         req.output_format,
