@@ -16,7 +16,11 @@ safe to repeat: generations carry a fixed seed), instead of waiting for the gene
 may have done work and failed (timeout after sending, 500) is not repeated, because repeating a GPU call
 under trouble doubles the load.
 
-Why one module of about 400 lines: routing, calls and health probing all read and write the same per-worker
+Progress: a call made with ``on_progress`` reads the worker's progress stream (shared/progress_stream.py)
+under the same rules (slot, retries, health, abandonment, timeout), and is the one kind of call that a
+departing caller cuts: closing the stream is what stops the worker (``_streamed``).
+
+Why one module of about 600 lines: routing, calls and health probing all read and write the same per-worker
 state (in flight, health, cool-down, abandoned calls); split apart, each half would reach into the other's.
 """
 
@@ -28,13 +32,13 @@ import functools
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import httpx
 
-from shared.errors import NoHealthyWorker, UpstreamFailed
+from shared.errors import NoHealthyWorker, UpstreamFailed, UpstreamTimeout
 from shared.http_client import (
     RetryableUpstreamError,
     UpstreamBusy,
@@ -45,9 +49,13 @@ from shared.http_client import (
 )
 from shared.image_params import MAX_GUIDANCE
 from shared.metrics import ServiceMetrics
+from shared.progress_stream import MEDIA_TYPE as PROGRESS_MEDIA_TYPE
+from shared.progress_stream import BadStreamLine, Final, Progress, parse_line
 
 log = logging.getLogger(__name__)
 ProbeOutcome = Literal["ok", "not_ready", "unreachable"]
+# Called with (step, total) for each progress line of a streamed call, on the event loop: it must be quick.
+OnProgress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,9 +80,9 @@ class Worker:
     # What the worker says it can run at once (image workers: devices x max batch, on /healthz).
     advertised: int | None = None
     limits: WorkerLimits | None = None
-    calls: set[asyncio.Task[httpx.Response]] = field(default_factory=set)
+    calls: set[asyncio.Task[Any]] = field(default_factory=set)
     # Calls abandoned because the worker stopped answering: they end as WorkerLost, not as cancellation.
-    abandoned: set[asyncio.Task[httpx.Response]] = field(default_factory=set)
+    abandoned: set[asyncio.Task[Any]] = field(default_factory=set)
     # Every pool that routes to this worker (the general pool shares workers with the role pools).
     pools: list[WorkerPool] = field(default_factory=list)
 
@@ -233,11 +241,23 @@ class WorkerPool:
         json: Any = None,
         files: Any = None,
         data: Any = None,
+        on_progress: OnProgress | None = None,
     ) -> dict[str, Any]:
-        """Call one worker; retry once on another worker when the first did no work, was busy, or was lost."""
+        """Call one worker; retry once on another worker when the first did no work, was busy, or was lost.
+
+        With ``on_progress`` the worker is asked for its progress stream (shared/progress_stream.py) and
+        ``on_progress(step, total)`` runs for each step as it arrives; see ``_streamed``. A call retried on
+        another worker reports that worker's steps from 1 again.
+        """
+
+        def attempt(worker: Worker) -> Awaitable[dict[str, Any]]:
+            if on_progress is None:
+                return self._call(worker, method, path, stage, timeout_s, json, files, data)
+            return self._streamed(worker, method, path, stage, timeout_s, json, files, data, on_progress)
+
         worker = await self._acquire()
         try:
-            return await self._call(worker, method, path, stage, timeout_s, json, files, data)
+            return await attempt(worker)
         except (RetryableUpstreamError, UpstreamBusy) as exc:
             first_error: Exception = exc
         try:
@@ -246,7 +266,7 @@ class WorkerPool:
             raise _final(first_error, stage) from first_error
         self._m["retries"].labels(self.name).inc()
         try:
-            return await self._call(other, method, path, stage, timeout_s, json, files, data)
+            return await attempt(other)
         except (RetryableUpstreamError, UpstreamBusy) as second_error:
             raise _final(second_error, stage) from second_error
 
@@ -266,7 +286,8 @@ class WorkerPool:
         When the caller goes away (the client disconnected), the HTTP call is not cut: the worker computes
         the answer anyway, so the call finishes in the background and keeps its slot until then. Cutting it
         would free the slot while the worker is still busy, and the budget would no longer be true (a
-        soak run saw an LLM with a budget of 4 holding 27 requests).
+        soak run saw an LLM with a budget of 4 holding 27 requests). A streamed call is cut instead, because
+        there the close itself stops the worker (``_streamed``).
         """
         started = time.perf_counter()
         in_background = False
@@ -303,11 +324,115 @@ class WorkerPool:
                 worker.abandoned.discard(call)
                 self._release(worker)
             self._latency(stage).observe(time.perf_counter() - started)
-        error = map_status(response, stage)
-        if error is not None:
-            if response.status_code >= 500 and response.status_code != 503:
-                self._record_failure(worker)
-            raise error
+        return self._plain_answer(worker, response, stage)
+
+    async def _streamed(
+        self,
+        worker: Worker,
+        method: str,
+        path: str,
+        stage: str,
+        timeout_s: float,
+        json: Any,
+        files: Any,
+        data: Any,
+        on_progress: OnProgress,
+    ) -> dict[str, Any]:
+        """``_call`` with the worker's progress stream; the slot is released here, exactly once.
+
+        Unlike a plain call, a streamed call IS cut when its caller goes away: closing the stream is how the
+        worker learns to stop (it frees its slot at the pipeline's next step), so there is no answer left
+        to wait for. The slot is released once the close has completed, and the cancelled caller resumes
+        only then, so the budget stays true within one step. ``timeout_s`` bounds the whole call, not each
+        read: a worker that keeps sending steps cannot hold the slot past it.
+
+        A worker that answers plain JSON (one from before the stream, or an error found before it started)
+        is handled exactly as ``_call`` handles it. A stream that ends without its final line, or breaks the
+        protocol, is an ``UpstreamFailed`` and counts as a failure of the worker, as invalid JSON does.
+        """
+        started = time.perf_counter()
+        headers = {**internal_headers(self.token), "Accept": PROGRESS_MEDIA_TYPE}
+        request = self.client.build_request(
+            method,
+            worker.url + path,
+            json=json,
+            files=files,
+            data=data,
+            headers=headers,
+            timeout=_timeout(timeout_s),
+        )
+        # A task of its own, so that a probe that finds the worker gone can abandon it as it does plain calls.
+        call = asyncio.ensure_future(self._read_stream(request, timeout_s, on_progress))
+        worker.calls.add(call)
+        try:
+            # Not shielded: cancelling this caller cancels the read, which closes the stream.
+            answer = await call
+        except asyncio.CancelledError:
+            if call in worker.abandoned:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
+                raise WorkerLost(f"{stage}: worker stopped answering", stage=stage) from None
+            raise
+        except httpx.HTTPError as exc:
+            error = map_transport_error(exc, stage)
+            self._record_failure(worker)
+            raise error from exc
+        except TimeoutError as exc:
+            self._record_failure(worker)
+            raise UpstreamTimeout(f"{stage}: worker did not answer in time", stage=stage) from exc
+        except _BrokenStream as exc:
+            self._record_failure(worker)
+            raise UpstreamFailed(f"{stage}: worker's progress stream {exc.what}", stage=stage) from exc
+        finally:
+            worker.calls.discard(call)
+            worker.abandoned.discard(call)
+            self._release(worker)
+            self._latency(stage).observe(time.perf_counter() - started)
+        if isinstance(answer, httpx.Response):
+            return self._plain_answer(worker, answer, stage)
+        if answer.status >= 400:
+            # The error the plain call would have answered, through the same mapping.
+            self._raise_for_status(
+                worker, httpx.Response(answer.status, json=answer.body, headers=answer.headers), stage
+            )
+        worker.consecutive_failures = 0
+        return answer.body
+
+    async def _read_stream(
+        self, request: httpx.Request, timeout_s: float, on_progress: OnProgress
+    ) -> httpx.Response | Final:
+        """The worker's final line, or its whole plain answer when it did not stream; the stream is closed
+        before this returns, whichever way it ends (a result, an error, a timeout, a cancel)."""
+        async with asyncio.timeout(timeout_s):
+            response = await self.client.send(request, stream=True)
+            try:
+                if response.status_code != 200 or _media_type(response) != PROGRESS_MEDIA_TYPE:
+                    await response.aread()
+                    return response
+                final: Final | None = None
+                async with contextlib.aclosing(_ndjson_lines(response)) as lines:
+                    async for line in lines:
+                        if final is not None:
+                            raise _BrokenStream("went on after its final line")
+                        try:
+                            item = parse_line(line)
+                        except BadStreamLine as exc:
+                            raise _BrokenStream("sent a line outside the protocol") from exc
+                        if isinstance(item, Progress):
+                            on_progress(item.step, item.total)
+                        else:
+                            # Read on to the end (the worker ends the stream right after this line), so the
+                            # connection goes back to the keep-alive pool instead of being closed.
+                            final = item
+                if final is None:
+                    raise _BrokenStream("ended without a final line")
+                return final
+            finally:
+                await response.aclose()
+
+    def _plain_answer(self, worker: Worker, response: httpx.Response, stage: str) -> dict[str, Any]:
+        self._raise_for_status(worker, response, stage)
         try:
             body = response.json()
         except ValueError as exc:
@@ -316,7 +441,14 @@ class WorkerPool:
         worker.consecutive_failures = 0
         return body
 
-    def _finished_in_background(self, worker: Worker, call: asyncio.Task[httpx.Response]) -> None:
+    def _raise_for_status(self, worker: Worker, response: httpx.Response, stage: str) -> None:
+        error = map_status(response, stage)
+        if error is not None:
+            if response.status_code >= 500 and response.status_code != 503:
+                self._record_failure(worker)
+            raise error
+
+    def _finished_in_background(self, worker: Worker, call: asyncio.Task[Any]) -> None:
         worker.calls.discard(call)
         worker.abandoned.discard(call)
         self._release(worker)
@@ -398,6 +530,39 @@ class WorkerPool:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
         self._wake_all()
+
+
+class _BrokenStream(Exception):
+    """The worker's progress stream broke the protocol; ``what`` says how, for the error's detail."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
+
+
+def _media_type(response: httpx.Response) -> str:
+    return response.headers.get("content-type", "").partition(";")[0].strip().lower()
+
+
+async def _ndjson_lines(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The body's non-blank lines, each as soon as its newline arrives.
+
+    Split on b"\\n" only: httpx's ``aiter_lines`` also splits on U+2028 and other separators that JSON allows
+    unescaped inside a string. The scan starts at the new chunk, so a result line of megabytes arriving in
+    many chunks is scanned once, not once per chunk.
+    """
+    buffer = bytearray()
+    async for chunk in response.aiter_bytes():
+        scan_from = len(buffer)
+        buffer += chunk
+        while (end := buffer.find(b"\n", scan_from)) >= 0:
+            line = bytes(buffer[:end])
+            del buffer[: end + 1]
+            scan_from = 0
+            if line and not line.isspace():
+                yield line
+    if buffer and not buffer.isspace():
+        yield bytes(buffer)
 
 
 @functools.lru_cache(maxsize=64)
