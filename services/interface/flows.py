@@ -22,6 +22,7 @@ from typing import Any, Literal, TypeVar, cast
 from pydantic import BaseModel, ValidationError
 
 from services.interface.guard import Guard, soften
+from services.interface.jobs.progress import progress_sink
 from services.interface.pool_set import Pools
 from services.interface.pools import WorkerPool
 from services.interface.settings import InterfaceSettings
@@ -256,6 +257,7 @@ class Flows:
                 "/v1/profile/generate",
                 stage="generate",
                 timeout_s=self.settings.generate_timeout_s,
+                on_progress=progress_sink.get(),
                 json={k: v for k, v in request.items() if v is not None},
             )
         generated = parse_upstream(GenerateResponse, body, "generate")
@@ -322,6 +324,7 @@ class Flows:
                 f"/v1/chat/{kind}/generate",
                 stage="generate",
                 timeout_s=self.settings.generate_timeout_s,
+                on_progress=progress_sink.get(),
                 json={"prompt": prompt, "seed": job.seed, **generation_fields(req)},
             )
         generated = parse_upstream(GenerateResponse, body, "generate")
@@ -398,6 +401,7 @@ class Flows:
                 job.path,
                 stage="generate",
                 timeout_s=self.settings.generate_timeout_s,
+                on_progress=progress_sink.get(),
                 json={"prompt": prompt, "seed": job.seed, **generation_fields(job.req)},
             )
         generated = parse_upstream(GenerateResponse, body, "generate")
