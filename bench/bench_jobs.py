@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             ServiceProcess("bench.echo_worker", env={"ECHO_DELAY_MS": "20"}) as echo,
         ):
             for count in (1, 2):
-                with replicas(count, redis_url, echo.url) as apis:
+                with replicas(count, server.url, echo.url) as apis:
                     rates.append([count, round(throughput(apis, args.jobs), 1)])
         print_table(f"async jobs/s, {args.jobs} jobs, echo upstream (20 ms)", ["replicas", "jobs/s"], rates)
         results["throughput"] = rates

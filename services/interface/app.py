@@ -4,21 +4,28 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
+import secrets
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
+from redis.exceptions import RedisError
 
 from services.interface.admission import ClientGone, build_queues
 from services.interface.flows import Flows
 from services.interface.guard import Guard
 from services.interface.job_kinds import build_work
-from services.interface.jobs.dispatch import LocalDispatcher
+from services.interface.jobs.dispatch import Dispatcher, LocalDispatcher
 from services.interface.jobs.manager import JobConfig, JobManager
 from services.interface.jobs.records import JobRecord
+from services.interface.jobs.redis_dispatch import RedisDispatcher
+from services.interface.jobs.redis_store import RedisJobStore
+from services.interface.jobs.redis_store import connect as redis_connect
 from services.interface.jobs.routes import router as jobs_router
-from services.interface.jobs.store import SqliteJobStore
+from services.interface.jobs.store import JobStore, SqliteJobStore
 from services.interface.jobs.webhooks import (
     AllowList,
     WebhookConfig,
@@ -33,7 +40,7 @@ from services.interface.pool_set import build_pools, client_limits
 from services.interface.rate_limits import RateLimiter
 from services.interface.routes import chat, health, profile
 from services.interface.settings import InterfaceSettings
-from shared.errors import ErrorShapes, openai_shape
+from shared.errors import ErrorShapes, ImgPodError, ModelUnavailable, openai_shape
 from shared.http_client import make_async_client
 from shared.logging_config import configure_logging
 from shared.metrics import ServiceMetrics
@@ -42,6 +49,12 @@ from shared.service import build_app
 
 VERSION = "0.1.0"
 PUBLIC_PATHS = ("/healthz", "/docs", "/openapi.json", "/docs/oauth2-redirect")
+
+
+class JobStoreUnavailable(ModelUnavailable):
+    """Redis, holding the jobs of every replica, did not answer: 503, retry."""
+
+    code = "job_store_unavailable"
 
 
 def webhook_config(settings: InterfaceSettings) -> WebhookConfig:
@@ -66,8 +79,28 @@ def build_jobs(
     metrics: ServiceMetrics,
     webhooks: WebhookSender | None = None,
 ) -> JobManager:
-    store = SqliteJobStore(settings.jobs_sqlite_path)
-    dispatcher = LocalDispatcher(queues)
+    store: JobStore
+    dispatcher: Dispatcher
+    if settings.jobs_redis_url is not None:
+        client = redis_connect(settings.jobs_redis_url.get_secret_value())
+        store = RedisJobStore(
+            client, prefix=settings.jobs_redis_prefix, record_ttl_s=settings.jobs_redis_record_ttl_s
+        )
+        # New for every process, never a setting: a restarted process that took its old id would find its
+        # dead self's running units and pending entries as its own.
+        replica = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+        dispatcher = RedisDispatcher(
+            client,
+            queues,
+            replica=replica,
+            prefix=settings.jobs_redis_prefix,
+            heartbeat_s=settings.jobs_redis_heartbeat_s,
+            claim_idle_s=settings.jobs_redis_claim_idle_s,
+            drain_s=settings.jobs_redis_drain_s,
+        )
+    else:
+        store = SqliteJobStore(settings.jobs_sqlite_path)
+        dispatcher = LocalDispatcher(queues)
 
     async def rebuild(record: JobRecord, blob: bytes | None) -> Any:
         return await build_work(flows, record.route, record.spec, blob)
@@ -113,12 +146,17 @@ def create_app(settings: InterfaceSettings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            # Closing first: the jobs the queues' consumers are running when they stop are left to run again
+            # (a restart, another replica), not marked cancelled.
+            await jobs.dispatcher.close()
+            for q in queues.values():
+                await q.close()
             await jobs.close()
+            if isinstance(jobs.store, RedisJobStore):
+                await jobs.store.redis.aclose()
             if sender is not None:
                 await sender.close()
                 await sender.client.aclose()
-            for q in queues.values():
-                await q.close()
             for p in pools.all():
                 await p.close()
             await client.aclose()
@@ -150,6 +188,12 @@ def create_app(settings: InterfaceSettings | None = None) -> FastAPI:
         max_bytes=settings.openai_url_max_bytes,
         secret=secret.get_secret_value().encode() if secret else None,
     )
+
+    @app.exception_handler(RedisError)
+    async def _store_down(request: Request, exc: RedisError) -> Response:
+        failure = JobStoreUnavailable("the job store is unavailable; retry shortly", stage="jobs")
+        failure.__cause__ = exc
+        return await app.exception_handlers[ImgPodError](request, failure)
 
     @app.exception_handler(ClientGone)
     async def _client_gone(_: Request, __: ClientGone) -> Response:

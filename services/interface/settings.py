@@ -133,6 +133,20 @@ class InterfaceSettings(ServiceSettings):
     # interface on the same file refuses to start); with a Redis URL, every replica shares queues and jobs.
     jobs_sqlite_path: Path = Path(".local/jobs.sqlite3")
     jobs_redis_url: SecretStr | None = None
+    # Keys and channels of the jobs in Redis start with this (several deployments may share one Redis).
+    jobs_redis_prefix: str = Field("imgpod:jobs:", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
+    # Each replica says it lives (and how many consumers it has) this often, and keeps the queue entries of
+    # the jobs it runs its own.
+    jobs_redis_heartbeat_s: float = Field(2.0, gt=0, le=60)
+    # A replica silent this long is taken for dead: its running jobs are reclaimed by the others and its
+    # share of the bounds is dropped. At least 3 heartbeats (a slow heartbeat must not lose a live job).
+    jobs_redis_claim_idle_s: float = Field(10.0, gt=0, le=600)
+    # Finished job records (and their Idempotency-Keys) are deleted from Redis this long after they finish
+    # (outputs go earlier, at jobs_output_ttl_s). Redis runs with noeviction, so nothing may live forever.
+    jobs_redis_record_ttl_s: float = Field(7 * 86_400, ge=3600)
+    # On shutdown, jobs running on this replica get this long to finish; the rest go to other replicas.
+    jobs_redis_drain_s: float = Field(0.0, ge=0, le=600)
+
     # How long a finished job's output (its images, the upload) is kept; GET says ``expired`` after that.
     jobs_output_ttl_s: float = Field(3600.0, gt=0)
     jobs_sweep_interval_s: float = Field(30.0, gt=0)
@@ -187,6 +201,14 @@ class InterfaceSettings(ServiceSettings):
             # The URL itself may hold a password: name only the schemes.
             raise ValueError(f"rate_limit_storage_uri: one of {', '.join(RATE_LIMIT_STORAGE_SCHEMES)}://")
         return value
+
+    @model_validator(mode="after")
+    def _claim_outlasts_heartbeats(self) -> InterfaceSettings:
+        if self.jobs_redis_claim_idle_s < 3 * self.jobs_redis_heartbeat_s:
+            raise ValueError("jobs_redis_claim_idle_s must be at least 3 x jobs_redis_heartbeat_s")
+        if self.jobs_redis_record_ttl_s < self.jobs_output_ttl_s:
+            raise ValueError("jobs_redis_record_ttl_s must be at least jobs_output_ttl_s")
+        return self
 
     @model_validator(mode="after")
     def _drain_outlasts_requests(self) -> InterfaceSettings:

@@ -22,11 +22,15 @@ RunJob = Callable[[str], Awaitable[None]]
 
 
 class Dispatcher(ABC):
+    # Set when the process stops: a job cancelled then is being left for later, not cancelled by anyone.
+    closing: bool = False
+
     async def start(self, run: RunJob) -> None:
         self._run = run
 
-    async def close(self) -> None:  # noqa: B027 - optional hook
+    async def close(self) -> None:
         """Stop the consumers; queued jobs stay in the store."""
+        self.closing = True
 
     @abstractmethod
     async def check(self, route: str, weight: int, owner: str | None) -> None:

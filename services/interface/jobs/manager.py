@@ -51,6 +51,8 @@ Work = Callable[[], Awaitable[BaseModel]]
 Rebuild = Callable[[JobRecord, bytes | None], Awaitable[Work]]
 # A job that was running when its replica died is run once more (generations are safe to repeat: fixed seed).
 MAX_ATTEMPTS = 2
+# How often a waiter on another replica's job reads its record again, in case an event was lost.
+REREAD_S = 2.0
 
 
 class JobFailed(ImgPodError):
@@ -153,7 +155,8 @@ class JobManager:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
-        await self.dispatcher.close()
+        if not self.dispatcher.closing:
+            await self.dispatcher.close()
         await self.store.close()
 
     async def _resume(self) -> None:
@@ -249,17 +252,24 @@ class JobManager:
     async def _run(self, job_id: str) -> None:
         # Submitted here: its attempts are known (none); the compare-and-set below is the only read needed.
         record = self._submitted.pop(job_id, None) or await self.store.get(job_id)
-        if record is None or record.status is not JobStatus.queued:
-            return  # cancelled while queued, or already taken by another replica
+        if record is None or record.status.terminal:
+            return  # cancelled while queued
+        # Running here means reclaimed (Redis): the replica that ran it went silent past the claim time.
+        # It runs once more, or fails.
+        if record.status is JobStatus.running and record.attempts >= MAX_ATTEMPTS:
+            await self._finish(
+                record, JobStatus.failed, from_=(JobStatus.running,), error=_interrupted_reply()
+            )
+            return
         started = await self.store.transition(
             job_id,
-            (JobStatus.queued,),
+            (record.status,),
             JobStatus.running,
             started_at=time.time(),
             attempts=record.attempts + 1,
         )
         if started is None:
-            return
+            return  # taken by another replica, or cancelled, meanwhile
         record = started
         await self._emit(record, "started", {"attempt": record.attempts})
         outcome = self._outcomes.get(job_id)
@@ -276,6 +286,10 @@ class JobManager:
             finally:
                 progress_sink.reset(token)
         except asyncio.CancelledError:
+            if self.dispatcher.closing:
+                # Shutting down, not cancelled: the job stays running for a restart or another replica to
+                # run again (its seed is fixed), rather than end as if someone had cancelled it.
+                raise
             await self._finish(record, JobStatus.canceled, from_=(JobStatus.running,))
             if outcome is not None and not outcome.done():
                 outcome.set_exception(JobCanceled())
@@ -347,18 +361,31 @@ class JobManager:
         """The job's response: the object when it ran here, its stored JSON when it ran elsewhere; raises the
         job's error, or JobCanceled."""
         outcome = self._outcomes.get(record.id)
-        if outcome is not None:
+        if outcome is None:
+            return await self._wait_stored(record)
+        if not self.store.shared:
             try:
                 return await asyncio.shield(outcome)
             finally:
                 if outcome.done():
                     self._outcomes.pop(record.id, None)
+        # On a shared store any replica may run it: the outcome here, or the record, whichever ends first.
+        stored = asyncio.ensure_future(self._wait_stored(record))
+        try:
+            await asyncio.wait({outcome, stored}, return_when=asyncio.FIRST_COMPLETED)
+            return outcome.result() if outcome.done() else stored.result()
+        finally:
+            stored.cancel()
+            self._outcomes.pop(record.id, None)
+
+    async def _wait_stored(self, record: JobRecord) -> dict[str, Any]:
         async with self.store.subscribe(record.id) as events:
             current = await self.store.get(record.id)
             while current is not None and not current.status.terminal:
-                event = await events.get()
-                if event.type in TERMINAL_EVENT.values():
-                    current = await self.store.get(record.id)
+                # Pub/sub keeps nothing while a connection is down: the record is read again now and then.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(events.get(), REREAD_S)
+                current = await self.store.get(record.id)
         return _outcome_of(current)
 
     async def cancel(self, record: JobRecord) -> JobRecord:

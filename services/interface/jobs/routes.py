@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -9,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from services.interface.jobs.manager import JobManager
+from services.interface.jobs.manager import REREAD_S, JobManager
 from services.interface.jobs.records import TERMINAL_EVENT, JobEvent, JobRecord, JobStatus
 from shared.errors import ImgPodError
 from shared.service import KEY_ID
@@ -84,7 +85,15 @@ async def _events(manager: JobManager, job_id: str) -> AsyncIterator[ServerSentE
         if snapshot.event in _TERMINAL_TYPES:
             return
         while True:
-            event: JobEvent = await events.get()
+            try:
+                event: JobEvent = await asyncio.wait_for(events.get(), REREAD_S)
+            except TimeoutError:
+                # An event lost while a store connection was down (Redis pub/sub keeps none): the record says.
+                record = await manager.store.get(job_id)
+                if record is not None and record.status.terminal:
+                    yield await _snapshot(manager, record)
+                    return
+                continue
             yield ServerSentEvent(json.dumps({"id": job_id, **event.data}), event=event.type)
             if event.type in _TERMINAL_TYPES:
                 return
