@@ -129,11 +129,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     results["latency"] = {"calls": args.calls, "upstream": args.upstream, "rows": rows}
     if args.replicas:
-        from tests.helpers.redis_server import running_redis
+        import tempfile
+        from pathlib import Path
+
+        from tests.helpers.redis_server import running_redis_server
 
         rates = []
+        scratch = Path(tempfile.mkdtemp(prefix="bench-jobs-"))
         with (
-            running_redis() as redis_url,
+            running_redis_server(scratch) as server,
             ServiceProcess("bench.echo_worker", env={"ECHO_DELAY_MS": "20"}) as echo,
         ):
             for count in (1, 2):
