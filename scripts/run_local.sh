@@ -4,15 +4,22 @@
 #   bash scripts/run_local.sh          serve until Ctrl-C (interface on http://127.0.0.1:8000)
 #   bash scripts/run_local.sh --demo   one profile creation from a real photo and one 1:1 chat image,
 #                                      saved under testing/selfies_output/, then stop and exit 0
+#   bash scripts/run_local.sh --replicas 2   two interface replicas (8000, 8010) sharing jobs and queues
+#                                      through a redis-server on loopback (installed when missing)
 #
 # IMG_POD_PORT_OFFSET shifts every port (e.g. 100 -> interface on 8100). Logs: .local/logs/.
 set -euo pipefail
 demo=0
-case "${1:-}" in
-  --demo) demo=1 ;;
-  "") ;;
-  *) echo "usage: $0 [--demo]" >&2; exit 2 ;;
-esac
+replicas=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --demo) demo=1 ;;
+    --replicas) replicas=${2:?--replicas takes a number}; shift ;;
+    *) echo "usage: $0 [--demo] [--replicas N]" >&2; exit 2 ;;
+  esac
+  shift
+done
+case "$replicas" in [1-9]) ;; *) echo "--replicas: 1 to 9" >&2; exit 2 ;; esac
 # shellcheck source=scripts/prepare_local.sh
 source "$(dirname "$0")/prepare_local.sh"
 
@@ -24,6 +31,24 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'echo; echo "stopping"; exit 130' INT TERM
+
+if [ "$replicas" -gt 1 ]; then
+  # Replicas share jobs, queues and their bounds through Redis (DEPLOYMENT.md, "Jobs on Redis").
+  bash "$REPO/scripts/install_redis.sh"
+  redis_port=$((6390 + PORT_OFFSET))
+  redis-server --bind 127.0.0.1 --port "$redis_port" --save "" --appendonly no \
+    >"$STATE/logs/redis-$redis_port.log" 2>&1 &
+  pids[redis]=$!
+  export INTERFACE_JOBS_REDIS_URL="redis://127.0.0.1:$redis_port/0"
+  until redis-cli -p "$redis_port" ping >/dev/null 2>&1; do sleep 0.1; done
+  for i in $(seq 2 "$replicas"); do
+    port=$(($(lp interface) + 10 * (i - 1)))
+    "$PY" -m shared.serve "$(service_module interface)" --host 127.0.0.1 --port "$port" \
+      >"$STATE/logs/interface-$port.log" 2>&1 &
+    pids[interface$i]=$!
+    echo "  interface replica $i on http://127.0.0.1:$port"
+  done
+fi
 
 for svc in "${IMG_POD_SERVICES[@]}"; do
   port=$(lp "$svc")
@@ -66,6 +91,7 @@ if [ "$demo" = 1 ]; then
   exit 0
 fi
 
+[ "$replicas" -gt 1 ] && echo "replicas: $replicas interfaces (every 10th port from $(lp interface)) on $INTERFACE_JOBS_REDIS_URL"
 echo "stack ready: interface $(url interface), API key in $STATE/api_key, client config $STATE/config.json"
 echo "Ctrl-C stops everything"
 while true; do
