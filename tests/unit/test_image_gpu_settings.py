@@ -118,12 +118,12 @@ def test_health_stays_loading_until_every_warmup_size_ran(tiny_models: dict[str,
         engine = ImageEngine(settings, ServiceMetrics("image_gpu_test"))
         original = DevicePipeline.run
 
-        def parked_run(self: DevicePipeline, jobs: list[ImageJob]) -> Any:
+        def parked_run(self: DevicePipeline, jobs: list[ImageJob], *hooks: Any) -> Any:
             if jobs[0].prompt == "warm-up":
                 warming.append((jobs[0].width, jobs[0].height))
                 if len(warming) == len(settings.warmup_shapes):
                     release.wait(60)  # hold the last warm-up open while health is asked
-            return original(self, jobs)
+            return original(self, jobs, *hooks)
 
         DevicePipeline.run = parked_run  # type: ignore[method-assign]
         try:
