@@ -56,7 +56,8 @@ def verify_webhook(secret: bytes, headers: Mapping[str, str], body: bytes, toler
     timestamp = headers["webhook-timestamp"]
     if abs(time.time() - int(timestamp)) > tolerance_s:
         return False  # too old (or from the future): a replay
-    expected = hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    signed = headers["webhook-id"].encode() + b"." + timestamp.encode() + b"." + body
+    expected = hmac.new(secret, signed, hashlib.sha256).hexdigest()
     return any(
         hmac.compare_digest(sig.removeprefix("v1="), expected)
         for sig in headers["webhook-signature"].split()
@@ -220,6 +221,8 @@ def test_a_delivery_is_signed_as_documented_and_carries_the_job(receiver: Receiv
         # The check is not vacuous: another secret, or one changed byte, fails it.
         assert not verify_webhook(b"another-secret", hit.headers, hit.body)
         assert not verify_webhook(SECRET, hit.headers, hit.body.replace(b'"id"', b'"ID"'))
+        # Nor can the body be sent again under another delivery id (the id is signed).
+        assert not verify_webhook(SECRET, {**hit.headers, "webhook-id": "msg_" + "0" * 24}, hit.body)
         assert hit.headers["content-type"] == "application/json"
         assert abs(int(hit.headers["webhook-timestamp"]) - time.time()) < 60
     assert start.headers["webhook-id"] != done.headers["webhook-id"]

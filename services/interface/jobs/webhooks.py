@@ -262,8 +262,10 @@ async def check_target(url: str, config: WebhookConfig, resolve: Resolver = reso
     await resolve_target(url, config, resolve)
 
 
-def signature(secret: bytes, timestamp: str, body: bytes) -> str:
-    return "v1=" + hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+def signature(secret: bytes, delivery_id: str, timestamp: str, body: bytes) -> str:
+    # The id is signed too (as Standard Webhooks signs it): a replayed body cannot come under a fresh id.
+    content = delivery_id.encode() + b"." + timestamp.encode() + b"." + body
+    return "v1=" + hmac.new(secret, content, hashlib.sha256).hexdigest()
 
 
 def _encode(payload: dict[str, Any]) -> bytes:
@@ -468,7 +470,7 @@ class WebhookSender:
         timestamp = str(int(time.time()))
         body = delivery.body
         sig = await _off_loop_if_large(
-            len(body) > INLINE_BODY_BYTES, signature, self._secret, timestamp, body
+            len(body) > INLINE_BODY_BYTES, signature, self._secret, delivery.id, timestamp, body
         )
         headers = {
             "Host": target.url.netloc.decode("ascii"),
