@@ -7,7 +7,7 @@ word rules, the deployed workers' limits) with the same fixed seed.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
@@ -27,15 +27,24 @@ def request_spec(req: BaseModel, seed: int) -> dict[str, Any]:
     return spec
 
 
-async def build_work(flows: Flows, route: JobRoute, spec: dict[str, Any], blob: bytes | None) -> Work:
+async def build_work(
+    flows: Flows,
+    route: JobRoute,
+    spec: dict[str, Any],
+    blob: bytes | None,
+    validated: BaseModel | None = None,
+) -> Work:
+    """The job's work; ``validated``: the route's own model of this spec (its seed fixed), which saves
+    validating the spec again on the request's path. A rebuilt job validates its stored spec."""
     if route in CHAT_KINDS:
-        chat = await flows.prepare_chat_image(CHAT_KINDS[route], ChatImageRequest.model_validate(spec))
+        chat_req = _model(ChatImageRequest, spec, validated)
+        chat = await flows.prepare_chat_image(CHAT_KINDS[route], chat_req)
         return lambda: flows.chat_image(chat)
     if route == "private":
-        private = await flows.prepare_private_image(ImageGenRequest.model_validate(spec))
+        private = await flows.prepare_private_image(_model(ImageGenRequest, spec, validated))
         return lambda: flows.text_image(private)
     if route == "text2img":
-        general = await flows.prepare_general_image(ImageGenRequest.model_validate(spec))
+        general = await flows.prepare_general_image(_model(ImageGenRequest, spec, validated))
         return lambda: flows.text_image(general)
     if route == "profile":
         if blob is None:
@@ -46,3 +55,12 @@ async def build_work(flows: Flows, route: JobRoute, spec: dict[str, Any], blob: 
         name, content_type = spec["filename"], spec["content_type"]
         return lambda: flows.create_profile(blob, name, content_type, profile)
     raise ValueError(f"no job kind for route {route}")
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _model(model: type[M], spec: dict[str, Any], validated: BaseModel | None) -> M:
+    if isinstance(validated, model):
+        return validated
+    return model.model_validate(spec)

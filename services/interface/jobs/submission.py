@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import Request
@@ -70,18 +71,23 @@ async def run_job(
     spec: dict[str, Any],
     *,
     weight: int,
-    client_body: dict[str, Any],
+    client_body: Callable[[], dict[str, Any]],
     options: JobOptions,
     blob: bytes | None = None,
+    request_model: BaseModel | None = None,
 ) -> Any:
-    """The route's answer: its response model (waited for), or a 202 with the job's view."""
+    """The route's answer: its response model (waited for), or a 202 with the job's view.
+
+    ``client_body``: the request as the client sent it (before the seed was fixed), made only when an
+    Idempotency-Key needs its hash; ``request_model``: the route's validated model of ``spec``, if it has one.
+    """
     state = request.app.state
     manager: JobManager = state.jobs
     owner: str | None = request.scope.get("state", {}).get(KEY_ID)
     asynchronous = wants_async(request)
     key = idempotency_key(request)
-    work = await build_work(state.flows, route, spec, blob)
-    digest = body_hash(client_body, blob) if key is not None else None
+    work = await build_work(state.flows, route, spec, blob, request_model)
+    digest = body_hash(client_body(), blob) if key is not None else None
     if key is not None:
         earlier = await manager.store.find_idempotent(owner, key)
         if earlier is not None:

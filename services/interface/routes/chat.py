@@ -29,14 +29,16 @@ router = APIRouter(tags=["chat"])
 
 
 async def _image_job(request: Request, route: JobRoute, req: ChatImageRequest | ImageGenRequest) -> object:
-    spec = request_spec(req, fixed_seed(req.seed))
+    seed = fixed_seed(req.seed)
     return await run_job(
         request,
         route,
-        spec,
+        request_spec(req, seed),
         weight=req.n,
-        client_body=req.model_dump(mode="json"),
+        client_body=lambda: req.model_dump(mode="json"),
         options=req,
+        # The work is built from this model with the fixed seed: the same request the spec stores.
+        request_model=req.model_copy(update={"seed": seed}),
     )
 
 

@@ -59,7 +59,7 @@ async def create_profile(
         "profile",
         spec,
         weight=n,
-        client_body={**form, "seed": seed, **options.model_dump()},
+        client_body=lambda: {**form, "seed": seed, **options.model_dump()},
         options=options,
         blob=data,
     )
