@@ -11,22 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import shutil
-import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
-import redis
 
 from bench.common import Outcome, RawHttpClient, open_loop, percentile, run_async
-from devtools.service_process import ServiceProcess, free_port
+from devtools.service_process import ServiceProcess
 from shared.service import key_id
-from tests.helpers.waiting import wait_until
+from tests.helpers.redis_server import RedisServer, running_redis_server
 from tests.integration.test_interface_pools import interface_env
 
 pytestmark = pytest.mark.integration
@@ -160,45 +155,11 @@ def test_rate_limits_refuse_one_key_with_the_ietf_fields_and_not_the_other(worke
         assert metric(api, r'imgpod_rate_limited_total\{policy="images"\}') == 1
 
 
-@dataclass
-class RedisServer:
-    url: str
-    proc: subprocess.Popen[bytes]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-
-
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     """A real redis-server on a free loopback port, without persistence, for this test only."""
-    server = shutil.which("redis-server")
-    if server is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is not installed; .ci/run installs it (scripts/install_redis.sh)")
-        pytest.skip("redis-server is not installed (bash scripts/install_redis.sh)")
-    port = free_port()
-    cmd = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    log = (tmp_path / "redis.log").open("wb")
-    proc = subprocess.Popen([*cmd, "--dir", str(tmp_path)], stdout=log, stderr=subprocess.STDOUT)
-    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1)
-
-    def answers() -> bool:
-        try:
-            return bool(client.ping())
-        except redis.RedisError:
-            return False
-
-    server_ = RedisServer(f"redis://127.0.0.1:{port}/0", proc)
-    try:
-        wait_until(answers, what="redis-server answers PING")
-        yield server_
-    finally:
-        client.close()
-        server_.stop()
-        log.close()
+    with running_redis_server(tmp_path) as server:
+        yield server
 
 
 def test_replicas_share_the_counts_through_redis(worker: ServiceProcess, redis_server: RedisServer) -> None:
