@@ -129,15 +129,23 @@ def test_events_stream_relays_every_denoising_step(api: ServiceProcess) -> None:
     assert events[-1][1]["job"]["status"] == "succeeded"
 
 
-def test_events_of_a_job_watched_from_submission(api: ServiceProcess, gate: WorkerGate) -> None:
+def watched_from_the_start(
+    submit_to: ServiceProcess, stream_from: ServiceProcess, gate: WorkerGate, body: dict[str, Any]
+) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]:
+    """A job held at the worker's gate while its stream opens, then let go: the job and every event."""
     with gate.closed():
-        job = submit(api, {**BODY, "steps": 5, "seed": 13}).json()
+        job = submit(submit_to, body).json()
         gate.wait_parked(1)
         events: list[tuple[str, dict[str, Any]]] = []
-        reader = threading.Thread(target=read_events, args=(api, job["id"], events))
+        reader = threading.Thread(target=read_events, args=(stream_from, job["id"], events))
         reader.start()
         wait_until(lambda: len(events) >= 1, what="the stream's first event")
     reader.join(60)
+    return job, events
+
+
+def test_events_of_a_job_watched_from_submission(api: ServiceProcess, gate: WorkerGate) -> None:
+    _, events = watched_from_the_start(api, api, gate, {**BODY, "steps": 5, "seed": 13})
     names = [name for name, _ in events]
     assert names[0] == "started" and names[-1] == "completed"
     assert [data["step"] for name, data in events if name == "progress"] == [1, 2, 3, 4, 5]

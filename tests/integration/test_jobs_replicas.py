@@ -4,7 +4,6 @@ nothing (the other reclaims its jobs, each ends in exactly one terminal state)."
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,8 +23,8 @@ from tests.integration.test_jobs import (
     finished,
     get,
     interface_env,
-    read_events,
     submit,
+    watched_from_the_start,
 )
 
 pytestmark = pytest.mark.integration
@@ -73,14 +72,7 @@ def pair(worker: ServiceProcess, redis: RedisServer, request: pytest.FixtureRequ
 
 def test_submit_on_a_stream_and_read_on_b(pair: list[ServiceProcess], gate: WorkerGate) -> None:
     a, b = pair
-    with gate.closed():
-        job = submit(a, {**BODY, "steps": 4, "seed": 101}).json()
-        gate.wait_parked(1)
-        events: list[tuple[str, dict[str, Any]]] = []
-        reader = threading.Thread(target=read_events, args=(b, job["id"], events))
-        reader.start()
-        wait_until(lambda: len(events) >= 1, what="B's stream opened")
-    reader.join(60)
+    job, events = watched_from_the_start(a, b, gate, {**BODY, "steps": 4, "seed": 101})
     names = [name for name, _ in events]
     assert names[0] == "started" and names[-1] == "completed"
     assert [d["step"] for n, d in events if n == "progress"] == [1, 2, 3, 4]
