@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import statistics
 import time
 from collections.abc import Iterator
@@ -52,6 +53,25 @@ def _async(client: httpx.Client) -> float:
     if result["status"] != "succeeded":
         raise RuntimeError(f"job ended {result['status']}")
     return elapsed
+
+
+def progress_lag(url: str, jobs: int, steps: int = 8) -> list[float]:
+    """Seconds from the interface publishing a progress event (its ``at``) to this client reading it."""
+    lags: list[float] = []
+    with httpx.Client(base_url=url, timeout=120) as client:
+        for i in range(jobs):
+            body = {**BODY, "seed": 1000 + i, "steps": steps, "width": 256, "height": 256}
+            job = client.post("/v1/imagegen", json=body, headers=ASYNC).json()
+            with client.stream("GET", job["urls"]["stream"]) as events:
+                name = None
+                for line in events.iter_lines():
+                    if line.startswith("event:"):
+                        name = line.split(":", 1)[1].strip()
+                    elif line.startswith("data:") and name == "progress":
+                        lags.append(time.time() - json.loads(line.split(":", 1)[1])["at"])
+                    if name in ("completed", "failed"):
+                        break
+    return lags
 
 
 def latency(url: str, calls: int) -> dict[str, list[float]]:
@@ -118,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         stack = echo_and_interface()
     with stack as (_, api):
         times = latency(api.url, args.calls)
+        lags = progress_lag(api.url, 10) if args.upstream == "tiny" else []
     ms = {k: [s * 1000 for s in v] for k, v in times.items()}
     added = [a - s for s, a in zip(ms["sync"], ms["async"], strict=True)]
     rows = [[name, round(statistics.median(v), 2), round(percentile(v, 90), 2)] for name, v in ms.items()]
@@ -128,6 +149,13 @@ def main(argv: list[str] | None = None) -> int:
         rows,
     )
     results["latency"] = {"calls": args.calls, "upstream": args.upstream, "rows": rows}
+    if lags:
+        lag_ms = [lag * 1000 for lag in lags]
+        lag_row = [len(lag_ms), round(statistics.median(lag_ms), 2), round(percentile(lag_ms, 99), 2)]
+        print_table(
+            "progress event: interface publish -> client read", ["events", "p50 ms", "p99 ms"], [lag_row]
+        )
+        results["progress_lag_ms"] = lag_row
     if args.replicas:
         import tempfile
         from pathlib import Path

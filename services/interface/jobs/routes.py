@@ -94,7 +94,9 @@ async def _events(manager: JobManager, job_id: str) -> AsyncIterator[ServerSentE
                     yield await _snapshot(manager, record)
                     return
                 continue
-            yield ServerSentEvent(json.dumps({"id": job_id, **event.data}), event=event.type)
+            # ``at``: when the interface published it (unix seconds), so a client can see how late it came.
+            data = {"id": job_id, "at": round(event.at, 4), **event.data}
+            yield ServerSentEvent(json.dumps(data), event=event.type)
             if event.type in _TERMINAL_TYPES:
                 return
 
