@@ -211,12 +211,29 @@ class ChatTurn(StrictModel):
 History = Annotated[list[ChatTurn], Field(max_length=MAX_HISTORY_TURNS)]
 
 
+# The moderation decision of a prompt on a moderated role (shared/policy): passes unchanged, gets coverage
+# (clothing, occlusion or framing, and the coverage clause), or is refused. Unmoderated roles: neutral or blocked.
+ModerationDecision = Literal["neutral", "covered", "blocked"]
+# Why a prompt is covered: suggestive words (lingerie, seductive) or explicit ones (nudity, sexual acts).
+CoverageReason = Literal["suggestive", "explicit"]
+
+
+class Moderation(OpenModel):
+    decision: ModerationDecision
+    # "suggestive" / "explicit" when covered (also "guard" when the guard model asked for it); None when neutral.
+    reason: str | None = None
+
+
 class ExpandRequest(StrictModel):
     message: NonEmptyMessage
     history: History = Field(default_factory=list)
     persona: Features | None = None
     # A preset from shared/styles.py: the expansion is told to render it, and its phrase ends the prompt.
     style: StyleName | None = None
+    # Set by the interface on moderated kinds when the message needs coverage (shared/policy decided it):
+    # the expansion then gets the coverage rules and ends with the coverage clause. None: a neutral message,
+    # expanded as it is (no rules, no clause). Ignored on 1:1, which has no moderation beyond the hard block.
+    coverage: CoverageReason | None = None
 
 
 class ExpandResponse(OpenModel):
@@ -343,6 +360,8 @@ class ChatImageResponse(ImageParamsUsed):
     seed: int
     source: Source
     caption_source: Source = "model"
+    # What the content policy decided for this image's prompt (docs/MODERATION.md).
+    moderation: Moderation | None = None
     timings_ms: Timings = Field(default_factory=dict)
 
 
@@ -353,6 +372,7 @@ class ImageGenResponse(ImageParamsUsed):
     prompt_truncated: bool = False
     seed: int
     soft_blocked: bool = False
+    moderation: Moderation | None = None
     timings_ms: Timings = Field(default_factory=dict)
 
 

@@ -19,6 +19,7 @@ are free of nested unbounded quantifiers, so judging a prompt is linear in its l
 from __future__ import annotations
 
 from shared.policy.decide import (
+    COVERAGE_PHRASE,
     HARD_BLOCK_CATEGORIES,
     INLINE_CHARS,
     SAFETY_SUFFIX,
@@ -33,6 +34,7 @@ from shared.policy.decide import (
 from shared.policy.normalizer import normalize
 
 __all__ = [
+    "COVERAGE_PHRASE",
     "HARD_BLOCK_CATEGORIES",
     "INLINE_CHARS",
     "SAFETY_SUFFIX",

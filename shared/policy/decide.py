@@ -26,6 +26,7 @@ from shared.policy.lexicon import (
 from shared.policy.match import Views, build_views
 
 __all__ = [
+    "COVERAGE_PHRASE",
     "HARD_BLOCK_CATEGORIES",
     "INLINE_CHARS",
     "SAFETY_SUFFIX",
@@ -41,6 +42,10 @@ __all__ = [
 HARD_BLOCK_CATEGORIES: tuple[str, ...] = (CATEGORY_MINORS, CATEGORY_SEXUAL_VIOLENCE, CATEGORY_BESTIALITY)
 SOFT_BLOCK_CATEGORIES: tuple[str, ...] = (CATEGORY_EXPLICIT,)
 
+# What a covered prompt gets (docs/MODERATION.md): coverage and no nudity, never "modest" or "fully clothed":
+# lingerie, swimwear and silk sheets are allowed, exposure is not. The LLM service ends a covered expansion
+# with the same words as a sentence; the word rules append them to prompts no LLM wrote.
+COVERAGE_PHRASE = "intimate areas covered by clothing, fabric or framing, no nudity"
 SAFETY_SUFFIX = ", fully clothed, modest clothing, no nudity, safe for work"
 
 # Reasons name the category in plain words and never quote the user's text, so they are safe to show
