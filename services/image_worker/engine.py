@@ -123,7 +123,7 @@ class ImageEngine:
                 try:
                     self.safety = await asyncio.to_thread(
                         OutputSafetyChecker,
-                        self.settings.output_safety_threshold,
+                        self.settings.output_safety_blocking,
                         self.settings.output_safety_model,
                     )
                 except Exception as exc:

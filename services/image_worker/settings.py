@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+import json
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
-from pydantic_settings import SettingsConfigDict
+from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from services.image_worker.batch_policy import DEFAULT_MAX_BATCH_BY_PIXELS
+from services.image_worker.output_safety import blocking_thresholds, refuse_non_exposed
 from shared.image_params import MAX_GUIDANCE, MAX_IMAGES, MAX_STEPS
 from shared.roles import RoleName
 from shared.settings import Revision, ServiceSettings
 
 # A worker's role picks its own route (besides /v1/generate); the policy of each role is in shared/roles.py.
 Role = RoleName
+UnitScore = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+def _json_object(value: Any) -> Any:
+    # deploy.env's empty "KEY=" means the default, not a JSON error.
+    if isinstance(value, str):
+        return json.loads(value) if value.strip() else {}
+    return value
 
 
 class ImageSettings(ServiceSettings):
@@ -69,9 +79,29 @@ class ImageSettings(ServiceSettings):
     # "auto": check generated images on the routes whose role asks for it (shared/roles.py: general, shorts,
     # scenes); "on": on every route; "off": never.
     output_safety: Literal["auto", "on", "off"] = "auto"
+    # The detector score from which an exposed class withholds an image; the classes that block by default
+    # (output_safety.BLOCKING_BY_DEFAULT: nipples, genitals, anus) use it unless listed below. Covered
+    # classes never block. Why 0.45: DEPLOYMENT.md, "The pixel check".
     output_safety_threshold: float = Field(0.45, ge=0.0, le=1.0)
+    # Per exposed class, its own score; a class listed here blocks even if not blocking by default. JSON in
+    # the environment: '{"ANUS_EXPOSED": 0.4, "BUTTOCKS_EXPOSED": 0.7}'. Empty: every default class at
+    # output_safety_threshold. A covered or unknown class refuses to start.
+    output_safety_thresholds: Annotated[dict[str, UnitScore], NoDecode, BeforeValidator(_json_object)] = (
+        Field(default_factory=dict)
+    )
     # Empty: the detector bundled with nudenet.
     output_safety_model: str = ""
+
+    @field_validator("output_safety_thresholds")
+    @classmethod
+    def _exposed_classes_only(cls, value: dict[str, float]) -> dict[str, float]:
+        refuse_non_exposed(value)
+        return value
+
+    @property
+    def output_safety_blocking(self) -> dict[str, float]:
+        """Exposed class -> the detector score from which it withholds an image."""
+        return blocking_thresholds(self.output_safety_threshold, self.output_safety_thresholds)
 
     @field_validator("attention_backend")
     @classmethod
