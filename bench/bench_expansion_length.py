@@ -38,7 +38,7 @@ from services.llm_service.prompts import build_expand_messages, character_descri
 from services.llm_service.settings import LlmSettings
 from services.llm_service.token_budget import ENCODER_CLOSE, ENCODER_OPEN, PromptBudget
 from shared.models import MAX_PROMPT_CHARS, Features
-from shared.policy import SAFETY_SUFFIX
+from shared.policy import COVERAGE_SUFFIX
 from shared.roles import ChatKind
 from shared.styles import STYLE_PHRASES
 
@@ -255,12 +255,12 @@ def main() -> None:
 
     # --- token budget ---------------------------------------------------------------------------------------
     limit = settings.image_prompt_token_limit
-    max_chars = MAX_PROMPT_CHARS - len(SAFETY_SUFFIX)
+    max_chars = MAX_PROMPT_CHARS - len(COVERAGE_SUFFIX)
     descriptor = character_descriptor(PERSONA)
     budget_rows = []
     for kind in KINDS:
         fixed = compose_expanded_prompt(kind, descriptor, "", style=LONGEST_STYLE)
-        fixed_tokens = count(ENCODER_OPEN + fixed + ENCODER_CLOSE) + count(SAFETY_SUFFIX) + 1  # + the ", "
+        fixed_tokens = count(ENCODER_OPEN + fixed + ENCODER_CLOSE) + count(COVERAGE_SUFFIX) + 1  # + the ", "
         room_tokens, room_chars = limit - fixed_tokens, max_chars - len(fixed) - 2
         budget_rows.append((kind, fixed_tokens, room_tokens, int(room_tokens / tpw), len(fixed), room_chars,
                             int(room_chars / chars_per_word)))  # fmt: skip

@@ -212,7 +212,8 @@ History = Annotated[list[ChatTurn], Field(max_length=MAX_HISTORY_TURNS)]
 
 
 # The moderation decision of a prompt on a moderated role (shared/policy): passes unchanged, gets coverage
-# (clothing, occlusion or framing, and the coverage clause), or is refused. Unmoderated roles: neutral or blocked.
+# (clothing, occlusion or framing, and the coverage clause), or is refused. Unmoderated roles: neutral or
+# blocked.
 ModerationDecision = Literal["neutral", "covered", "blocked"]
 # Why a prompt is covered: suggestive words (lingerie, seductive) or explicit ones (nudity, sexual acts).
 CoverageReason = Literal["suggestive", "explicit"]
@@ -220,7 +221,7 @@ CoverageReason = Literal["suggestive", "explicit"]
 
 class Moderation(OpenModel):
     decision: ModerationDecision
-    # "suggestive" / "explicit" when covered (also "guard" when the guard model asked for it); None when neutral.
+    # "suggestive" / "explicit" when covered ("guard" when the guard model asked for it); None when neutral.
     reason: str | None = None
 
 

@@ -134,7 +134,7 @@ def create_app(settings: InterfaceSettings | None = None) -> FastAPI:
             p.start_polling()
         app.state.pools = pools
         app.state.queues = queues
-        flows = Flows(pools, settings, Guard(pools.llm, settings, metrics))
+        flows = Flows(pools, settings, Guard(pools.llm, settings, metrics), metrics)
         app.state.flows = flows
         hooks = webhook_config(settings)
         sender = WebhookSender(hooks, webhook_client(hooks), metrics) if hooks.secret else None

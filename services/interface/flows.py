@@ -27,22 +27,26 @@ from services.interface.pool_set import Pools
 from services.interface.pools import WorkerPool
 from services.interface.settings import InterfaceSettings
 from shared.errors import ImgPodError, PolicyBlocked, UpstreamFailed, ValidationFailed
+from shared.metrics import ServiceMetrics
 from shared.models import (
     MAX_SEED,
     AnalyzeResponse,
     CaptionResponse,
     ChatImageRequest,
     ChatImageResponse,
+    CoverageReason,
     ExpandResponse,
     GenerateResponse,
     ImageGenRequest,
     ImageGenResponse,
     ImageParams,
+    Moderation,
     ProfileCreateResponse,
     ReplyRequest,
     ReplyResponse,
 )
 from shared.policy import (
+    COVERAGE_PHRASE,
     PolicyDecision,
     check_expanded_prompt,
     decide_off_loop,
@@ -50,7 +54,7 @@ from shared.policy import (
     sanitize_general,
 )
 from shared.reply_templates import checked_template_reply
-from shared.roles import ChatKind, chat_policy, policy_for
+from shared.roles import CHAT_KIND_ROLE, ChatKind, RoleName, chat_policy, policy_for
 from shared.styles import STYLE_PHRASES, StyleName, style_phrase
 from shared.timings import StageTimer
 
@@ -161,6 +165,8 @@ class ChatJob:
     kind: ChatKind
     req: ChatImageRequest
     seed: int
+    # Why the message needs coverage (moderated kinds only): the expansion is told so.
+    coverage: CoverageReason | None = None
 
     @property
     def moderated(self) -> bool:
@@ -177,6 +183,8 @@ class TextImageJob:
     seed: int
     # The route's policy soft-blocks (general), or passes explicit content (private 1:1 images).
     moderated: bool
+    # Why the word rules covered the prompt, when they did.
+    coverage: CoverageReason | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,11 +199,37 @@ class ProfileJob:
     n: int
 
 
+class ModerationCounts:
+    """Decisions of the word rules per role, as a metric: what share of a role's prompts gets coverage."""
+
+    def __init__(self, metrics: ServiceMetrics | None) -> None:
+        self._counter = (
+            metrics.counter(
+                "imgpod_moderation_decisions_total", "Policy decisions by role", ("role", "decision")
+            )
+            if metrics is not None
+            else None
+        )
+
+    def count(self, role: RoleName, decision: PolicyDecision) -> None:
+        if self._counter is not None:
+            self._counter.labels(role, decision.moderation).inc()
+
+
+def covered_once(prompt: str, written: str) -> str:
+    """The expanded prompt as the LLM wrote it when it already ends with the coverage sentence, rather than
+    the word rules' copy with the coverage phrase a second time."""
+    return written if COVERAGE_PHRASE in written and prompt != written else prompt
+
+
 class Flows:
-    def __init__(self, pools: Pools, settings: InterfaceSettings, guard: Guard) -> None:
+    def __init__(
+        self, pools: Pools, settings: InterfaceSettings, guard: Guard, metrics: ServiceMetrics | None = None
+    ) -> None:
         self.pools = pools
         self.settings = settings
         self.guard = guard
+        self.moderation = ModerationCounts(metrics)
 
     # --- profile ---------------------------------------------------------------------------------------
 
@@ -276,13 +310,14 @@ class Flows:
 
     async def prepare_chat_image(self, kind: ChatKind, req: ChatImageRequest) -> ChatJob:
         moderated = chat_policy(kind).soft_block
-        enforce(
-            await decide_off_loop(sanitize_general if moderated else evaluate_private_chat, req.message),
-            "policy",
+        decision = await decide_off_loop(
+            sanitize_general if moderated else evaluate_private_chat, req.message
         )
+        self.moderation.count(CHAT_KIND_ROLE[kind], decision)
+        enforce(decision, "policy")
         await check_negative_prompt(req)
         check_params(self.pools.chat_pool(kind), req)
-        return ChatJob(kind, req, fixed_seed(req.seed))
+        return ChatJob(kind, req, fixed_seed(req.seed), decision.coverage if moderated else None)
 
     async def chat_image(self, job: ChatJob) -> ChatImageResponse:
         kind, req = job.kind, job.req
@@ -299,9 +334,12 @@ class Flows:
                     stage="expand",
                     timeout_s=self.settings.expand_timeout_s,
                     # The style is the expansion's to render: it writes the prompt.
-                    json=req.model_dump(
-                        include={"message", "history", "persona", "style"}, exclude_none=True
-                    ),
+                    json={
+                        **req.model_dump(
+                            include={"message", "history", "persona", "style"}, exclude_none=True
+                        ),
+                        **({"coverage": job.coverage} if job.coverage else {}),
+                    },
                 )
             expanded = parse_upstream(ExpandResponse, body, "expand")
             # The LLM can turn an innocent message into a blocked prompt: check again before any pixels exist.
@@ -309,15 +347,25 @@ class Flows:
                 decision = await decide_off_loop(
                     lambda text: check_expanded_prompt(text, moderated=job.moderated), expanded.prompt
                 )
-                prompt = enforce(decision, "policy_expanded")
+                prompt = covered_once(enforce(decision, "policy_expanded"), expanded.prompt)
             message_soft = _enforced(await message_check, "guard").soft_blocked
         finally:
             message_check.cancel()
         with timer.stage("guard_expanded"):
             checked = await self.guard.check(prompt, moderated=job.moderated, stage="guard_expanded")
-        prompt = enforce(checked, "guard_expanded")
-        if message_soft:
+        prompt = covered_once(enforce(checked, "guard_expanded"), prompt)
+        if message_soft and COVERAGE_PHRASE not in prompt:
             prompt = soften(prompt)
+        # The decision of the whole request: the message's words first, then what the expansion or the guard
+        # added (an LLM can write what the message did not say).
+        reason = (
+            job.coverage or decision.coverage or ("guard" if message_soft or checked.soft_blocked else None)
+        )
+        moderation = (
+            Moderation(decision="covered", reason=reason)
+            if job.moderated and reason is not None
+            else Moderation(decision="neutral")
+        )
         with timer.stage("generate"):
             body = await self.pools.chat_pool(kind).request(
                 "POST",
@@ -339,6 +387,7 @@ class Flows:
             seed=generated.seed,
             source=expanded.source,
             caption_source=caption_source,
+            moderation=moderation,
             timings_ms=timer.done(),
             **used,
         )
@@ -369,31 +418,48 @@ class Flows:
 
     async def prepare_private_image(self, req: ImageGenRequest) -> TextImageJob:
         styled = with_style(req.prompt, req.style)
-        prompt = enforce(await decide_off_loop(evaluate_private_chat, styled), "policy")
+        private = await decide_off_loop(evaluate_private_chat, styled)
+        self.moderation.count("chat1to1", private)
+        prompt = enforce(private, "policy")
         path, moderated = "/v1/chat/1to1/generate", policy_for("chat1to1").soft_block
         return await self._text_job(self.pools.chat1to1, path, req, prompt, False, moderated=moderated)
 
     async def prepare_general_image(self, req: ImageGenRequest) -> TextImageJob:
         decision = await decide_off_loop(sanitize_general, with_style(req.prompt, req.style))
+        self.moderation.count("general", decision)
         prompt = enforce(decision, "policy")
         moderated = policy_for("general").soft_block
         return await self._text_job(
-            self.pools.text2img, "/v1/generate", req, prompt, decision.soft_blocked, moderated=moderated
+            self.pools.text2img,
+            "/v1/generate",
+            req,
+            prompt,
+            decision.soft_blocked,
+            moderated=moderated,
+            coverage=decision.coverage,
         )
 
     async def _text_job(
-        self, pool: WorkerPool, path: str, req: ImageGenRequest, prompt: str, soft: bool, *, moderated: bool
+        self,
+        pool: WorkerPool,
+        path: str,
+        req: ImageGenRequest,
+        prompt: str,
+        soft: bool,
+        *,
+        moderated: bool,
+        coverage: CoverageReason | None = None,
     ) -> TextImageJob:
         await check_negative_prompt(req)
         check_params(pool, req)
-        return TextImageJob(pool, path, req, prompt, soft, fixed_seed(req.seed), moderated)
+        return TextImageJob(pool, path, req, prompt, soft, fixed_seed(req.seed), moderated, coverage)
 
     async def text_image(self, job: TextImageJob) -> ImageGenResponse:
         timer = StageTimer()
         prompt, soft_blocked = job.prompt, job.soft_blocked
         with timer.stage("guard"):
             checked = await self.guard.check(job.req.prompt, moderated=job.moderated, stage="guard")
-        if _enforced(checked, "guard").soft_blocked:
+        if _enforced(checked, "guard").soft_blocked and not soft_blocked:
             prompt, soft_blocked = soften(prompt), True
         with timer.stage("generate"):
             body = await job.pool.request(
@@ -412,6 +478,10 @@ class Flows:
             prompt_truncated=generated.prompt_truncated,
             seed=generated.seed,
             soft_blocked=soft_blocked,
+            moderation=Moderation(
+                decision="covered" if soft_blocked else "neutral",
+                reason=(job.coverage or "guard") if soft_blocked else None,
+            ),
             timings_ms=timer.done(),
             **params_used(generated, job.req.n, job.req.style),
         )

@@ -3,7 +3,8 @@
 The word rules (``shared.policy``) stay first: they are cheap and refuse before a request queues. The guard
 reads what they let through, in every language the model covers, and its verdict becomes a
 ``PolicyDecision`` the flows enforce like the word rules': "unsafe" is a hard block (422 policy_blocked),
-"controversial" a soft block on moderated routes (safety constraints appended) and a pass on 1:1 chat.
+except sexual content alone with no minor (covered on moderated routes, a pass on 1:1 chat); "controversial"
+is covered on moderated routes (the coverage suffix) and a pass on 1:1 chat.
 
 Fail closed (``INTERFACE_GUARD=enforce``): a check that cannot be made (no LLM worker, a timeout, an error,
 an answer out of format) refuses the request with 503 ``safety_unavailable`` and Retry-After: the client did
@@ -21,8 +22,8 @@ from services.interface.pools import WorkerPool
 from services.interface.settings import InterfaceSettings
 from shared.errors import ImgPodError, NoHealthyWorker, SafetyUnavailable, UpstreamTimeout
 from shared.metrics import ServiceMetrics
-from shared.models import MAX_MODERATE_CHARS, ModerateResponse
-from shared.policy import SAFETY_SUFFIX, PolicyDecision, mentions_minor
+from shared.models import MAX_MODERATE_CHARS, CoverageReason, ModerateResponse
+from shared.policy import PolicyDecision, mentions_minor, with_coverage
 from shared.timings import StageTimer
 
 log = logging.getLogger(__name__)
@@ -37,8 +38,8 @@ def passed(text: str) -> PolicyDecision:
 
 
 def soften(prompt: str) -> str:
-    """The prompt with the safety constraints the word rules' soft block appends (once)."""
-    return prompt if prompt.endswith(SAFETY_SUFFIX) else prompt + SAFETY_SUFFIX
+    """The prompt covered as the word rules cover it: the coverage suffix, once."""
+    return with_coverage(prompt)
 
 
 def adult_only(answer: ModerateResponse, text: str) -> bool:
@@ -52,17 +53,31 @@ def adult_only(answer: ModerateResponse, text: str) -> bool:
 
 
 def decide(answer: ModerateResponse, text: str, *, moderated: bool) -> PolicyDecision:
-    """The guard's verdict as the word rules would have put it. ``unparsed`` never gets here."""
-    if answer.verdict == "unsafe" and not moderated and answer.categories and adult_only(answer, text):
+    """The guard's verdict as the word rules would have put it. ``unparsed`` never gets here.
+
+    Sexual content alone (no minor) is what the word rules cover rather than refuse on moderated routes, so
+    the guard's word for it does the same there: covered as explicit; it passes on unmoderated routes.
+    """
+    adult = answer.verdict == "unsafe" and bool(answer.categories) and adult_only(answer, text)
+    if adult and not moderated:
         return passed(text)
+    if adult:
+        return _covered(text, "explicit")
     if answer.verdict == "unsafe":
         named = f" ({', '.join(answer.categories)})" if answer.categories else ""
         return PolicyDecision(blocked=True, category=GUARD_CATEGORY, prompt="", soft_blocked=False,
                               reason=f"the content safety check refused this request{named}")  # fmt: skip
     if answer.verdict == "controversial" and moderated:
-        return PolicyDecision(blocked=False, category=GUARD_CATEGORY, prompt=soften(text), soft_blocked=True,
-                              reason="the content safety check added safety constraints")  # fmt: skip
+        # "Controversial" is the guard's borderline: the coverage of a suggestive prompt.
+        return _covered(text, "suggestive")
     return passed(text)
+
+
+def _covered(text: str, coverage: CoverageReason) -> PolicyDecision:
+    # The category ("guard") is the response's moderation reason; ``coverage`` is what the expansion gets.
+    return PolicyDecision(blocked=False, category=GUARD_CATEGORY, prompt=soften(text), soft_blocked=True,
+                          reason="the content safety check asked for coverage; coverage was added",
+                          coverage=coverage)  # fmt: skip
 
 
 def failure_reason(exc: Exception) -> str:

@@ -1,6 +1,6 @@
 """The LLM service's behaviour: expand, caption and reply on top of one ``ChatBackend``.
 
-Why the persona, the style phrase and the safety clause are added here and not left to the model: a model
+Why the persona, the style phrase and the coverage clause are added here and not left to the model: a model
 (a random tiny one in tests, a 7B one in production) can drop or rewrite them. The final prompt is composed
 by ``prompts.compose_expanded_prompt``, so they hold whatever the model wrote, and fitted into the image
 model's token budget by ``token_budget.py``, which cuts only the scene, at a phrase boundary, and the
@@ -35,8 +35,8 @@ from services.llm_service.cleaning import (
 from services.llm_service.guard import Guard
 from services.llm_service.history import bound_history
 from services.llm_service.prompts import (
-    MODERATED_KINDS,
     ExpandKind,
+    applied_coverage,
     build_caption_messages,
     build_expand_messages,
     build_reply_messages,
@@ -62,12 +62,13 @@ from shared.models import (
     MAX_PROMPT_CHARS,
     CaptionRequest,
     CaptionResponse,
+    CoverageReason,
     ExpandRequest,
     ExpandResponse,
     ReplyRequest,
     ReplyResponse,
 )
-from shared.policy import SAFETY_SUFFIX, decide_off_loop, evaluate_private_chat
+from shared.policy import COVERAGE_SUFFIX, decide_off_loop, evaluate_private_chat
 from shared.public_names import public_model_id
 from shared.reply_templates import checked_template_reply
 from shared.timings import StageTimer
@@ -114,10 +115,10 @@ class LlmEngine:
             ("kind",),
             buckets=(64, 128, 192, 256, 320, 384, 448, 512, 640),
         )
-        # The interface may append the safety suffix to the prompt and forwards it to a route that takes at
+        # The interface may append the coverage suffix to the prompt and forwards it to a route that takes at
         # most MAX_PROMPT_CHARS: leave it that room.
         self.budget = PromptBudget(
-            token_limit=settings.image_prompt_token_limit, max_chars=MAX_PROMPT_CHARS - len(SAFETY_SUFFIX)
+            token_limit=settings.image_prompt_token_limit, max_chars=MAX_PROMPT_CHARS - len(COVERAGE_SUFFIX)
         )
 
     # --- lifecycle -------------------------------------------------------------------------------------
@@ -246,6 +247,7 @@ class LlmEngine:
         shortened: str | None = None
         shortened_by: Literal["model", "truncation"] | None = None
         capped = False
+        coverage = applied_coverage(kind, req.coverage)
         try:
             self.require_ready()
             budget = self.settings.history_token_budget
@@ -260,6 +262,7 @@ class LlmEngine:
                 req.persona,
                 words=self.settings.expand_words(kind),
                 style=req.style,
+                coverage=coverage,
             )
             result = await self.generate(
                 route, messages, max_tokens=self.settings.expand_max_tokens(kind), seed=self._seed()
@@ -282,13 +285,17 @@ class LlmEngine:
             self._fallback_or_raise(route, exc)
             if too_long and shortened is None:
                 shortened, shortened_by = keyword_shorten(req.message, limit), "truncation"
-            scene = template_scene(kind, shortened or req.message, max_words=limit, style=req.style)
+            scene = template_scene(
+                kind, shortened or req.message, max_words=limit, style=req.style, coverage=coverage
+            )
             source, model = "template", TEMPLATE_MODEL
             clock.lap("template")
         descriptor = character_descriptor(req.persona)
-        if kind in MODERATED_KINDS:
+        # Covered: the model may still have written exposure the rules forbid. Neutral: nothing is removed,
+        # and the interface's check of the expanded prompt covers what the model may have added.
+        if coverage:
             scene, descriptor = redact_explicit(scene), redact_explicit(descriptor)
-        fitted = await self._fit_prompt(kind, descriptor, scene, req.style)
+        fitted = await self._fit_prompt(kind, descriptor, scene, req.style, coverage)
         trimmed = capped or fitted.cut_for is not None
         if trimmed:
             cause = fitted.cut_for or "generation_cap"
@@ -307,12 +314,20 @@ class LlmEngine:
             timings_ms=clock.done(),
         )
 
-    async def _fit_prompt(self, kind: ExpandKind, descriptor: str, scene: str, style: str | None) -> Fitted:
+    async def _fit_prompt(
+        self,
+        kind: ExpandKind,
+        descriptor: str,
+        scene: str,
+        style: str | None,
+        coverage: CoverageReason | None,
+    ) -> Fitted:
         """The composed prompt within the image model's token budget (token_budget.py); characters only
-        when its tokenizer could not be loaded (the model's files are missing)."""
+        when its tokenizer could not be loaded (the model's files are missing). The coverage clause is part
+        of the composed prompt, so it is counted exactly when it is there."""
 
         def compose(part: str) -> str:
-            return compose_expanded_prompt(kind, descriptor, part, style=style)
+            return compose_expanded_prompt(kind, descriptor, part, style=style, coverage=coverage)
 
         return await self.budget.fit(scene, compose)
 

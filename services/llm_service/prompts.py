@@ -1,7 +1,7 @@
 """Every system prompt of the LLM service, and the builders that turn requests into chat messages.
 
 Kept in one module so a reviewer sees at a glance what the model is told on each route, and so tests can
-check the builders directly (moderation rules for shorts/scenes only, persona traits always).
+check the builders directly (coverage rules for covered shorts/scenes only, persona traits always).
 """
 
 from __future__ import annotations
@@ -10,13 +10,15 @@ import re
 from collections.abc import Sequence
 
 from services.llm_service.backends.base import ChatMessage
-from shared.models import ChatTurn, Features
+from shared.models import ChatTurn, CoverageReason, Features
 from shared.persona import describe_persona, persona_notes
+from shared.policy import COVERAGE_PHRASE
 from shared.roles import CHAT_KIND_ROLE, ChatKind, chat_policy
 from shared.styles import style_phrase
 
 ExpandKind = ChatKind
-# Which expansions get coverage rules and the safety clause: declared per role in shared/roles.py.
+# Which expansions may be covered (coverage rules and clause) when the interface asks for it: declared per
+# role in shared/roles.py. The others (1:1) have no moderation beyond the interface's hard block.
 MODERATED_KINDS: frozenset[str] = frozenset(k for k in CHAT_KIND_ROLE if chat_policy(k).moderated_expansion)
 
 _EMPTY_PHRASES = re.compile(r"\s*,(?:\s*,)+")
@@ -44,14 +46,29 @@ KIND_FRAMING: dict[str, str] = {
     "scenes": "The picture is a wide cinematic scene with a clear setting around the character.",
 }
 
-MODERATION_RULES = (
-    "Content rules: the picture appears in a moderated public feed. If the request is suggestive or sexual, "
-    "keep the character fully clothed and keep it tasteful with clothing, pose, framing or occlusion. Never "
-    "describe nudity, exposed intimate body parts or sexual acts. Never depict a minor in any suggestive way."
+# The product's definition of a covered picture (DESIGN.md, "Moderation per role"): the mood is kept and
+# only exposure is hidden, so the rules never ask for more clothing than its own allowed examples wear.
+COVERAGE_RULES = (
+    "Coverage rules: the picture appears in a public feed, where intimate areas are always covered. Keep "
+    "the mood the user asked for and cover the body with clothing, fabric, occlusion, pose or camera "
+    "framing. Allowed: lingerie, swimwear, silk sheets, sheer or translucent curtains, and implied nudity "
+    'when fully occluded, for example "draped in silk sheets", "wearing lace lingerie", "positioned behind '
+    'translucent curtains". Never describe exposed genitals, exposed nipples or a sexual act: describe a '
+    "covered version of the moment instead. Never depict a minor."
 )
+# Why this request is covered, told before the rules so the model knows what to change.
+COVERAGE_REASONS: dict[CoverageReason, str] = {
+    "suggestive": "The request is suggestive: keep it alluring and keep every intimate area covered.",
+    "explicit": (
+        "The request asks for nudity or a sexual act: do not refuse it and do not show it; picture the "
+        "same characters and setting in a covered moment that only implies it, such as an embrace under "
+        "silk sheets."
+    ),
+}
 
-# Appended by the service itself to every moderated prompt: the second line of defence after the rules above.
-SAFETY_CLAUSE = "Safety: fully clothed, modest clothing, no nudity, safe for work."
+# Appended by the service itself to every covered prompt: the second line of defence after the rules above,
+# in the one wording of coverage that the word rules use too.
+COVERAGE_CLAUSE = f"Coverage: {COVERAGE_PHRASE}."
 
 SHORTEN_SYSTEM = (
     "Shorten the user's message to at most {max_words} words. Keep its intent, its subject and every "
@@ -81,12 +98,24 @@ def _history_block(history: Sequence[ChatTurn]) -> str:
     return "\n".join(f"{turn.role}: {turn.content}" for turn in history)
 
 
-def expand_system_prompt(kind: ExpandKind, *, words: int, style: str | None = None) -> str:
+def applied_coverage(kind: ExpandKind, coverage: CoverageReason | None) -> CoverageReason | None:
+    """The coverage an expansion gets: the interface's decision on a moderated kind, none on 1:1 (where a
+    stray ``coverage`` is ignored) and none for a neutral message."""
+    return coverage if kind in MODERATED_KINDS else None
+
+
+def expand_system_prompt(
+    kind: ExpandKind,
+    *,
+    words: int,
+    style: str | None = None,
+    coverage: CoverageReason | None = None,
+) -> str:
     parts = [EXPAND_SYSTEM.format(words=words), KIND_FRAMING[kind]]
     if phrase := style_phrase(style):
         parts.append(STYLE_INSTRUCTION.format(phrase=phrase))
-    if kind in MODERATED_KINDS:
-        parts.append(MODERATION_RULES)
+    if reason := applied_coverage(kind, coverage):
+        parts.append(f"{COVERAGE_REASONS[reason]} {COVERAGE_RULES}")
     return "\n\n".join(parts)
 
 
@@ -98,6 +127,7 @@ def build_expand_messages(
     *,
     words: int,
     style: str | None = None,
+    coverage: CoverageReason | None = None,
 ) -> list[ChatMessage]:
     descriptor = character_descriptor(persona)
     sections = []
@@ -108,8 +138,9 @@ def build_expand_messages(
     if notes := persona_notes(persona):
         sections.append(f"Character notes: {notes}")
     sections.append("Write the image prompt now.")
+    system = expand_system_prompt(kind, words=words, style=style, coverage=coverage)
     return [
-        {"role": "system", "content": expand_system_prompt(kind, words=words, style=style)},
+        {"role": "system", "content": system},
         {"role": "user", "content": "\n\n".join(sections)},
     ]
 
@@ -150,18 +181,23 @@ def build_reply_messages(persona: Features, message: str, history: Sequence[Chat
 
 
 def compose_expanded_prompt(
-    kind: ExpandKind, descriptor: str, scene: str, *, style: str | None = None
+    kind: ExpandKind,
+    descriptor: str,
+    scene: str,
+    *,
+    style: str | None = None,
+    coverage: CoverageReason | None = None,
 ) -> str:
-    """Final prompt = fixed character descriptor + the scene + the style phrase + (moderated kinds) the
-    safety clause.
+    """Final prompt = fixed character descriptor + the scene + the style phrase + (covered expansions only)
+    the coverage clause.
 
-    Built here, not left to the model, so the persona, the style and the safety clause survive any model
+    Built here, not left to the model, so the persona, the style and the coverage clause survive any model
     output. Nothing is cut here: fitting the budget is token_budget.py's, and it trims the scene only.
     """
     phrase = style_phrase(style)
     head = f"{descriptor[0].upper()}{descriptor[1:]}." if descriptor else ""
     body = ", ".join(part for part in (scene_without_style(scene, phrase), phrase) if part)
-    tail = SAFETY_CLAUSE if kind in MODERATED_KINDS else ""
+    tail = COVERAGE_CLAUSE if applied_coverage(kind, coverage) else ""
     return " ".join(part for part in (head, f"{body}." if body else "", tail) if part)
 
 

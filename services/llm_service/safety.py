@@ -1,4 +1,4 @@
-"""Explicit-term checks for captions and moderated expansions.
+"""Word checks for captions and covered expansions.
 
 The word lists are ``shared.policy_terms``'s; ``is_caption_safe`` also asks ``shared.policy`` (which sees
 through leetspeak and look-alike letters). ``redact_explicit`` removes words rather than judging a text, which
@@ -14,14 +14,27 @@ import unicodedata
 from shared.policy import sanitize_general
 from shared.policy_terms import EXPLICIT_TERMS, SEXUAL_ACT_TERMS, SEXUAL_VIOLENCE_TERMS, SEXUALIZING_TERMS
 
-# One source of words: the project's policy lists. A caption is held to more than the soft block: words
-# that only sexualise ("sexy", "lingerie") are not allowed in a caption either.
-_EXPLICIT_TERMS = sorted(
-    {*EXPLICIT_TERMS, *SEXUALIZING_TERMS, *SEXUAL_ACT_TERMS, *SEXUAL_VIOLENCE_TERMS}, key=len, reverse=True
-)
-_PATTERN = re.compile(r"(?<![a-z0-9])(?:" + "|".join(map(re.escape, _EXPLICIT_TERMS)) + r")(?![a-z0-9])")
-# "no nudity" is our own safety clause, not a request for nudity.
-_NEGATED = re.compile(r"(?<![a-z0-9])(?:no|without|never|non)[\s-]+(?=" + _PATTERN.pattern + ")")
+
+def _word_pattern(terms: set[str]) -> re.Pattern[str]:
+    words = sorted(terms, key=len, reverse=True)  # longest first: "in the nude" before "nude"
+    return re.compile(r"(?<![a-z0-9])(?:" + "|".join(map(re.escape, words)) + r")(?![a-z0-9])")
+
+
+def _negation(pattern: re.Pattern[str]) -> re.Pattern[str]:
+    # "no nudity" is the coverage clause's own wording, not a request for nudity.
+    return re.compile(r"(?<![a-z0-9])(?:no|without|never|non)[\s-]+(?=" + pattern.pattern + ")")
+
+
+# A caption is held to more than a covered picture: words that only sexualise ("sexy", "lingerie") are not
+# allowed in a caption either.
+_CAPTION = _word_pattern({*EXPLICIT_TERMS, *SEXUALIZING_TERMS, *SEXUAL_ACT_TERMS, *SEXUAL_VIOLENCE_TERMS})
+_CAPTION_NEGATED = _negation(_CAPTION)
+# A covered picture may be sensual (lingerie, silk sheets): only exposure and sexual acts are removed.
+_EXPOSURE = _word_pattern({*EXPLICIT_TERMS, *SEXUAL_ACT_TERMS})
+_EXPOSURE_NEGATED = _negation(_EXPOSURE)
+
+
+_EMPTY_PHRASE = re.compile(r"[,;:]\s*(?=[,.;:])")
 
 
 def _normalise(text: str) -> str:
@@ -29,10 +42,10 @@ def _normalise(text: str) -> str:
 
 
 def explicit_terms(text: str) -> list[str]:
-    """The explicit terms found in ``text`` (normalised), ignoring negated ones like "no nudity"."""
+    """The terms a caption may not hold, found in ``text`` (normalised); negated ones ("no nudity") pass."""
     norm = _normalise(text)
-    negated_spans = {m.end() for m in _NEGATED.finditer(norm)}
-    return [m.group(0) for m in _PATTERN.finditer(norm) if m.start() not in negated_spans]
+    negated_spans = {m.end() for m in _CAPTION_NEGATED.finditer(norm)}
+    return [m.group(0) for m in _CAPTION.finditer(norm) if m.start() not in negated_spans]
 
 
 def is_caption_safe(text: str) -> bool:
@@ -44,13 +57,17 @@ def is_caption_safe(text: str) -> bool:
 
 
 def redact_explicit(text: str) -> str:
-    """Drop explicit terms (not negated ones) from text bound for a moderated image prompt."""
+    """Drop explicit and sexual-act terms (not negated ones) from text bound for a covered image prompt;
+    sexualising words ("lingerie", "sensual") stay: coverage allows them."""
     norm = unicodedata.normalize("NFKC", text)
     folded = norm.casefold()
     if len(folded) != len(norm):  # case folding changed lengths (rare scripts): match on the folded text
         norm = folded
-    negated = {m.end() for m in _NEGATED.finditer(folded)}
-    spans = [m.span() for m in _PATTERN.finditer(folded) if m.start() not in negated]
+    negated = {m.end() for m in _EXPOSURE_NEGATED.finditer(folded)}
+    spans = [m.span() for m in _EXPOSURE.finditer(folded) if m.start() not in negated]
     for start, end in reversed(spans):
         norm = norm[:start] + norm[end:]
-    return re.sub(r"\s+", " ", re.sub(r"\s+([,.;:])", r"\1", norm)).strip(" ,")
+    norm = re.sub(r"\s+([,.;:])", r"\1", norm)
+    if spans:  # a phrase that was all explicit words leaves its separators behind: "silk sheets, , soft"
+        norm = _EMPTY_PHRASE.sub("", norm)
+    return re.sub(r"\s+", " ", norm).strip(" ,")

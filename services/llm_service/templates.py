@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import hashlib
 
-from services.llm_service.prompts import MODERATED_KINDS, ExpandKind
+from services.llm_service.prompts import ExpandKind, applied_coverage
 from services.llm_service.safety import redact_explicit
 from services.llm_service.shortening import keyword_shorten
+from shared.models import CoverageReason
 from shared.styles import style_phrase
 
 TEMPLATE_SCENE_TAIL = "natural light, detailed, high quality photo"
@@ -23,11 +24,19 @@ TEMPLATE_CAPTIONS = (
 )
 
 
-def template_scene(kind: ExpandKind, message: str, *, max_words: int, style: str | None = None) -> str:
+def template_scene(
+    kind: ExpandKind,
+    message: str,
+    *,
+    max_words: int,
+    style: str | None = None,
+    coverage: CoverageReason | None = None,
+) -> str:
     """The user's own keywords plus a generic tail, or the style preset's phrase in its place: the generic
-    tail says "photo", which would contradict an anime or watercolour preset."""
+    tail says "photo", which would contradict an anime or watercolour preset. A covered expansion loses its
+    explicit words, as the model's does; a neutral one keeps the message's words as written."""
     scene = keyword_shorten(message, max_words)
-    if kind in MODERATED_KINDS:
+    if applied_coverage(kind, coverage):
         scene = redact_explicit(scene)
     tail = style_phrase(style) or TEMPLATE_SCENE_TAIL
     return f"{scene}, {tail}" if scene else tail

@@ -8,9 +8,11 @@ and merges and the same pre-tokenizer; Qwen3 only adds special tokens such as ``
 the same count from either. Loading the image model's tokenizer here would ship the image model's files to
 the LLM pod for the same number. An image model with another tokenizer would need its own count here.
 
-What the interface may still append: the safety suffix its word rules and guard add when they soften a
-prompt (``shared/policy``, ``SAFETY_SUFFIX``); its tokens are held back. The style phrase, the persona and the
-safety clause are part of the composed prompt, so they are counted, and only the scene is ever cut.
+What the interface may still append: the coverage suffix its word rules add when they cover a prompt
+(``shared.policy.COVERAGE_SUFFIX``); its tokens are held back. A covered expansion already ends with the
+coverage phrase, which the word rules never append twice, but a neutral one may still be covered. The style
+phrase, the persona and, on a covered expansion only, the coverage clause are part of the composed prompt,
+so they are counted when present, and only the scene is ever cut.
 
 The request's character limit (``MAX_PROMPT_CHARS`` on the image routes, again minus the suffix) is fitted
 the same way: for long English scenes it binds a little before the token limit.
@@ -31,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from services.llm_service.cleaning import phrase_cuts, word_cuts
-from shared.policy import SAFETY_SUFFIX
+from shared.policy import COVERAGE_SUFFIX
 
 # Qwen3's chat template around one user turn, as the Z-Image pipeline renders it (enable_thinking=True adds
 # no empty think block). Its special tokens are in the Qwen2.5 vocabulary too, so they count as one each.
@@ -85,7 +87,7 @@ class PromptBudget:
     def reserve(self, count: Count) -> int:
         """Tokens held back for the suffix the interface may append; counted once."""
         if self._reserve is None:
-            self._reserve = count(SAFETY_SUFFIX)
+            self._reserve = count(COVERAGE_SUFFIX)
         return self._reserve
 
     def encoder_tokens(self, prompt: str, count: Count) -> int:

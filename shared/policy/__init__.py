@@ -1,4 +1,5 @@
-"""Content policy for prompts: hard blocks everywhere, explicit-content softening on moderated paths.
+"""Content policy for prompts: hard blocks everywhere, coverage for suggestive and explicit prompts on
+moderated routes, everything else unchanged.
 
 One step per module, each importable on its own:
 
@@ -19,10 +20,11 @@ are free of nested unbounded quantifiers, so judging a prompt is linear in its l
 from __future__ import annotations
 
 from shared.policy.decide import (
+    CATEGORY_SUGGESTIVE,
     COVERAGE_PHRASE,
+    COVERAGE_SUFFIX,
     HARD_BLOCK_CATEGORIES,
     INLINE_CHARS,
-    SAFETY_SUFFIX,
     SOFT_BLOCK_CATEGORIES,
     PolicyDecision,
     check_expanded_prompt,
@@ -30,14 +32,16 @@ from shared.policy.decide import (
     evaluate_private_chat,
     mentions_minor,
     sanitize_general,
+    with_coverage,
 )
 from shared.policy.normalizer import normalize
 
 __all__ = [
+    "CATEGORY_SUGGESTIVE",
     "COVERAGE_PHRASE",
+    "COVERAGE_SUFFIX",
     "HARD_BLOCK_CATEGORIES",
     "INLINE_CHARS",
-    "SAFETY_SUFFIX",
     "SOFT_BLOCK_CATEGORIES",
     "PolicyDecision",
     "check_expanded_prompt",
@@ -46,4 +50,5 @@ __all__ = [
     "mentions_minor",
     "normalize",
     "sanitize_general",
+    "with_coverage",
 ]

@@ -6,8 +6,11 @@
 * sexual violence: a ``sexual_violence`` term; ``coercion`` with an explicit or sexual-act term; a
   ``near_act`` term within ``near_window`` words of a sexual act.
 * bestiality: a ``bestiality`` term, or a sexual act phrased with an animal ("sex with a dog").
-* explicit (soft block on moderated routes): an ``explicit`` or ``sexual_act`` term, local ones included:
-  a safety suffix on a prompt about a knot (Spanish "nudo") costs nothing, a missed "uomo nudo" would.
+* explicit (covered on moderated routes): an ``explicit`` or ``sexual_act`` term, local ones included:
+  coverage on a prompt about a knot (Spanish "nudo") costs a clause, a missed "uomo nudo" would cost more.
+* suggestive (covered on moderated routes when nothing explicit is there): a ``sexualizing`` term; a local
+  one only with its accents, since a neutral prompt must pass unchanged (pt "despida" is Spanish for "say
+  goodbye"), and a suggestive prompt without coverage still meets the guard model and the pixel check.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ __all__ = [
     "INTRINSIC",
     "MINOR",
     "NEAR_ACT",
+    "SEXUALIZING",
     "SEXUAL_ANY",
     "SEXUAL_VIOLENCE",
     "PhraseRule",
@@ -42,6 +46,7 @@ MINOR = term_group("minor", accented=["minor_local"])
 INTRINSIC = term_group("minor_intrinsic")
 SEXUAL_ANY = term_group(*_SEXUAL, accented=_SEXUAL_LOCAL)
 EXPLICIT = term_group("explicit", "sexual_act", "explicit_local", "sexual_act_local")
+SEXUALIZING = term_group("sexualizing", accented=["sexualizing_local"])
 SEXUAL_VIOLENCE = term_group("sexual_violence")
 COERCION = term_group("coercion")
 BESTIALITY = term_group("bestiality")

@@ -20,6 +20,7 @@ from devtools.photos import astronaut, encode
 from devtools.service_process import ServiceProcess, all_running
 from devtools.stack_env import PERSONA
 from shared.images import decode_base64_image as image_of
+from shared.policy import COVERAGE_PHRASE
 from shared.styles import STYLE_PHRASES
 from tests.helpers.photos import truncated_jpeg
 from tests.helpers.waiting import wait_until
@@ -523,3 +524,55 @@ def test_negative_prompt_is_not_soft_blocked(stack: dict[str, ServiceProcess]) -
     assert body["soft_blocked"] is False
     assert body["negative_prompt"] == "nudity, nsfw"
     assert "no nudity" not in body["prompt_used"]
+
+
+# Moderation as the product defines it (issue 23, docs/MODERATION.md): the four kinds of prompt, on a
+# moderated route and on 1:1. The tiny LLM's junk is often accepted as its prompt ("source": "model"), so the
+# message's own words are looked for only in a template's prompt; the decision and the clause hold either way.
+MODERATION_CASES = {
+    "neutral": "a misty mountain lake at dawn",
+    "suggestive": "a woman in lace lingerie on a bed",
+    "explicit": "a nude woman lying on a bed",
+}
+
+
+@pytest.mark.parametrize("case", list(MODERATION_CASES))
+def test_scenes_covers_what_needs_it_and_nothing_else(stack: dict[str, ServiceProcess], case: str) -> None:
+    resp = post(stack, "/v1/chat/scenes/generate", json={"message": MODERATION_CASES[case], "seed": 23})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    prompt = body["prompt_used"]
+    assert "modest" not in prompt and "fully clothed" not in prompt
+    if case == "neutral":
+        # Nothing added to a prompt that needs nothing: no clause, no stripped words.
+        assert body["moderation"] == {"decision": "neutral", "reason": None}
+        assert COVERAGE_PHRASE not in prompt
+        if body["source"] == "template":
+            assert "mountain lake" in prompt
+    else:
+        assert body["moderation"] == {"decision": "covered", "reason": case}
+        assert COVERAGE_PHRASE in prompt
+        if case == "suggestive" and body["source"] == "template":
+            # Lingerie is allowed on scenes: covered, not censored (the template renders the message's words).
+            assert "lingerie" in prompt
+
+
+@pytest.mark.parametrize("case", list(MODERATION_CASES))
+def test_1to1_adds_no_moderation(stack: dict[str, ServiceProcess], case: str) -> None:
+    resp = post(stack, "/v1/chat/1to1/imagegen", json={"message": MODERATION_CASES[case], "seed": 23})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["moderation"] == {"decision": "neutral", "reason": None}
+    assert COVERAGE_PHRASE not in body["prompt_used"]
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/scenes/generate", "/v1/chat/1to1/imagegen"])
+def test_hard_block_stays_absolute(stack: dict[str, ServiceProcess], path: str) -> None:
+    resp = post(stack, path, json={"message": "a nude child", "seed": 23})
+    assert resp.status_code == 422 and resp.json()["code"] == "policy_blocked"
+
+
+def test_moderation_decisions_are_counted_per_role(stack: dict[str, ServiceProcess]) -> None:
+    text = httpx.get(stack["interface"].url + "/metrics", headers=CLIENT).text
+    assert 'imgpod_moderation_decisions_total{decision="covered",role="scenes"}' in text
+    assert 'imgpod_moderation_decisions_total{decision="neutral",role="chat1to1"}' in text

@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from devtools.service_process import ServiceProcess, all_running, free_port
-from shared.policy import SAFETY_SUFFIX
+from shared.policy import COVERAGE_SUFFIX
 from tests.integration.test_image_workers import TOKEN, image_env
 
 pytestmark = pytest.mark.integration
@@ -277,7 +277,7 @@ def test_enforce_applies_the_verdicts(stack: dict[str, ServiceProcess]) -> None:
             # Controversial: safety constraints on the moderated route, a pass on private 1:1 images.
             script(stack, verdict="controversial", categories=["Politically Sensitive Topics"])
             soft = post(general).json()
-            assert soft["soft_blocked"] is True and soft["prompt_used"] == body["prompt"] + SAFETY_SUFFIX
+            assert soft["soft_blocked"] is True and soft["prompt_used"] == body["prompt"] + COVERAGE_SUFFIX
             assert post(private).json()["prompt_used"] == body["prompt"]
 
             script(stack, verdict="unparsed")

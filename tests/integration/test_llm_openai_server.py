@@ -21,7 +21,7 @@ import pytest
 
 from devtools.service_process import REPO_ROOT, ServiceProcess, all_running, free_port
 from services.llm_service.cleaning import word_count
-from services.llm_service.prompts import SAFETY_CLAUSE
+from services.llm_service.prompts import COVERAGE_CLAUSE
 from tests.integration.test_llm_service import _env
 
 pytestmark = pytest.mark.integration
@@ -152,12 +152,14 @@ def test_expand_through_llama_cpp(stack: dict[str, object]) -> None:
     llm, server = stack["llm"], stack["server"]
     assert isinstance(llm, ServiceProcess) and isinstance(server, LlamaServer)
     before = server.completions_served()
-    resp = post(llm, "/v1/chat/shorts/expand", {"message": "a walk on the beach", "persona": PERSONA})
+    # A message the interface found suggestive: the expansion ends with the coverage clause.
+    request = {"message": "a walk on the beach", "persona": PERSONA, "coverage": "suggestive"}
+    resp = post(llm, "/v1/chat/shorts/expand", request)
     assert resp.status_code == 200, resp.text
     body = resp.json()
     assert body["source"] == "model" and body["model"] == ALIAS
     assert all(trait in body["prompt"] for trait in ("auburn", "green eyes", "glasses"))
-    assert body["prompt"].endswith(SAFETY_CLAUSE) and isinstance(body["prompt_tokens"], int)
+    assert body["prompt"].endswith(COVERAGE_CLAUSE) and isinstance(body["prompt_tokens"], int)
     assert server.completions_served() == before + 1
 
 

@@ -3,7 +3,7 @@
 Instance A runs the transformers backend. Instance B runs the ``vllm`` backend against A's OpenAI-compatible
 ``/v1/chat/completions``: a real HTTP server, so the production client is exercised end to end. The same
 contract tests run against both. Random weights emit junk text, so tests assert the contract (shape, persona
-traits, safety clause, word counts or 502), not the content.
+traits, coverage clause, word counts or 502), not the content.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from transformers import AutoTokenizer
 
 from devtools.service_process import ServiceProcess, all_running, free_port
 from services.llm_service.cleaning import phrase_cuts, word_count
-from services.llm_service.prompts import SAFETY_CLAUSE
+from services.llm_service.prompts import COVERAGE_CLAUSE
 from services.llm_service.token_budget import ENCODER_CLOSE, ENCODER_OPEN
 from shared.models import Features
-from shared.policy import SAFETY_SUFFIX
+from shared.policy import COVERAGE_PHRASE, COVERAGE_SUFFIX
 from shared.reply_templates import template_reply
 from shared.styles import STYLE_PHRASES
 
@@ -190,13 +190,14 @@ def test_healthz(llm: tuple[str, dict[str, str]], tiny_models: dict[str, Path]) 
     assert_no_paths(resp.text, tiny_models)
 
 
+@pytest.mark.parametrize("coverage", [None, "explicit"])
 @pytest.mark.parametrize("kind", ["1to1", "shorts", "scenes"])
-def test_expand_carries_persona_and_moderation(
-    llm: tuple[str, dict[str, str]], kind: str, tiny_models: dict[str, Path]
+def test_expand_carries_persona_and_the_clause_only_when_covered(
+    llm: tuple[str, dict[str, str]], kind: str, coverage: str | None, tiny_models: dict[str, Path]
 ) -> None:
     history = [{"role": "user", "content": "hi!"}, {"role": "assistant", "content": "hello there"}]
     resp = post(llm, f"/v1/chat/{kind}/expand", {"message": "a walk on the beach", "history": history,
-                                                  "persona": PERSONA})  # fmt: skip
+                                                  "persona": PERSONA, "coverage": coverage})  # fmt: skip
     assert resp.status_code == 200, resp.text
     body = resp.json()
     assert body["source"] == "model" and body["model"] == public_name(llm, tiny_models)
@@ -206,10 +207,12 @@ def test_expand_carries_persona_and_moderation(
     prompt = body["prompt"]
     for trait in TRAITS:
         assert trait in prompt
-    if kind == "1to1":
-        assert SAFETY_CLAUSE not in prompt
+    # 1:1 ignores the coverage field; a neutral shorts or scenes message (None) gets no clause either.
+    if kind == "1to1" or coverage is None:
+        assert COVERAGE_PHRASE not in prompt and "Coverage:" not in prompt
     else:
-        assert prompt.endswith(SAFETY_CLAUSE)
+        assert prompt.endswith(f". {COVERAGE_CLAUSE}") and prompt.count(COVERAGE_PHRASE) == 1
+    assert "modest" not in prompt.lower() and "fully clothed" not in prompt.lower()
     assert "<|im_end|>" not in prompt and "\n" not in prompt
     # Counted with the model's own tokenizer, inside the image encoder's chat wrapper, as the worker counts.
     assert body["prompt_tokens"] == encoder_tokens(tiny_models, prompt) and isinstance(body["trimmed"], bool)
@@ -222,9 +225,10 @@ def encoder_tokens(models: dict[str, Path], prompt: str) -> int:
 
 @pytest.mark.parametrize("style", ["anime", "film"])
 def test_expand_style_ends_the_prompt(llm: tuple[str, dict[str, str]], style: str) -> None:
-    resp = post(llm, "/v1/chat/scenes/expand", {"message": "a walk on the beach", "style": style})
+    body = {"message": "a walk on the beach", "style": style, "coverage": "suggestive"}
+    resp = post(llm, "/v1/chat/scenes/expand", body)
     assert resp.status_code == 200, resp.text
-    assert resp.json()["prompt"].endswith(f"{STYLE_PHRASES[style]}. {SAFETY_CLAUSE}")
+    assert resp.json()["prompt"].endswith(f"{STYLE_PHRASES[style]}. {COVERAGE_CLAUSE}")
 
 
 def test_expand_unknown_style_is_422(llm: tuple[str, dict[str, str]]) -> None:
@@ -242,7 +246,7 @@ def test_long_message_is_shortened_before_expansion(llm: tuple[str, dict[str, st
     assert short and word_count(short) <= 25 < word_count(SIXTY_WORDS)
     assert body["shortened_by"] in ("model", "truncation")
     assert body["timings_ms"]["shorten"] > 0
-    assert body["prompt"].endswith(SAFETY_CLAUSE)
+    assert COVERAGE_PHRASE not in body["prompt"]  # a neutral message: nothing appended
 
 
 @pytest.mark.parametrize("prompt", ["a woman walking on a beach at sunset", "a nude figure, explicit scene"])
@@ -376,14 +380,16 @@ def test_missing_model_with_template_fallback_answers_labelled_templates(cluster
     assert health["template_fallback"] is True
     assert health["status"] == "degraded" and health["detail"]
     auth = (svc.url, {"Authorization": f"Bearer {TOKEN_A}"})
-    resp = post(auth, "/v1/chat/scenes/expand", {"message": SIXTY_WORDS, "persona": PERSONA})
+    resp = post(auth, "/v1/chat/scenes/expand",
+                {"message": SIXTY_WORDS, "persona": PERSONA, "coverage": "suggestive"})  # fmt: skip
     assert resp.status_code == 200, resp.text
     body = resp.json()
     assert body["source"] == "template" and body["model"] == "template"
     assert body["shortened_by"] == "truncation" and word_count(body["shortened_message"]) <= 25
     # No model, no tokenizer: the count is absent, not guessed.
     assert body["prompt_tokens"] is None and body["trimmed"] is False
-    assert all(trait in body["prompt"] for trait in TRAITS) and body["prompt"].endswith(SAFETY_CLAUSE)
+    # The labelled template follows the decision too: covered, so it ends with the clause.
+    assert all(trait in body["prompt"] for trait in TRAITS) and body["prompt"].endswith(COVERAGE_CLAUSE)
     caption = post(auth, "/v1/chat/1to1/caption", {"prompt": "a fox"}).json()
     assert caption["source"] == "template" and 10 <= caption["word_count"] <= 15
     # A reply is a labelled in-character template too (shared/reply_templates.py), never the model's words.
@@ -435,7 +441,9 @@ LONG_EXPANSION = ", ".join(
         "a quiet evening atmosphere",
     ]
 )
-TRIM_LIMIT = 160
+# Room for a few phrases beside the persona, the coverage clause and the reserve (~150 tokens on the tiny
+# tokenizer), and far below LONG_EXPANSION (~400).
+TRIM_LIMIT = 200
 
 
 @pytest.fixture(scope="module")
@@ -471,10 +479,10 @@ def assert_trimmed_at_a_comma(body: dict[str, Any], models: dict[str, Path]) -> 
     assert body["prompt_tokens"] == encoder_tokens(models, prompt)
     # Room is left for the suffix the interface may append; the cut is at a phrase boundary, never mid-phrase.
     tokenizer = AutoTokenizer.from_pretrained(models["qwen_lm"])
-    reserve = len(tokenizer.encode(SAFETY_SUFFIX, add_special_tokens=False))
+    reserve = len(tokenizer.encode(COVERAGE_SUFFIX, add_special_tokens=False))
     assert body["prompt_tokens"] + reserve <= TRIM_LIMIT
-    assert all(trait in prompt for trait in TRAITS) and prompt.endswith(SAFETY_CLAUSE)
-    scene = prompt.split(". ", 1)[1].removesuffix(f". {SAFETY_CLAUSE}")
+    assert all(trait in prompt for trait in TRAITS) and prompt.endswith(COVERAGE_CLAUSE)
+    scene = prompt.split(". ", 1)[1].removesuffix(f". {COVERAGE_CLAUSE}")
     assert scene and any(LONG_EXPANSION[:cut] == scene for cut in phrase_cuts(LONG_EXPANSION))
 
 
@@ -484,7 +492,7 @@ def test_expansion_over_the_token_budget_is_trimmed_at_a_comma_and_reported(
     url = scripted_stack["llm"].url
     before = trimmed_total(url)
     resp = post((url, {"Authorization": f"Bearer {TOKEN_B}"}), "/v1/chat/shorts/expand",
-                {"message": "a walk on the beach", "persona": PERSONA})  # fmt: skip
+                {"message": "a walk on the beach", "persona": PERSONA, "coverage": "suggestive"})  # fmt: skip
     assert resp.status_code == 200, resp.text
     assert_trimmed_at_a_comma(resp.json(), tiny_models)
     assert trimmed_total(url) == before + 1
@@ -500,7 +508,7 @@ def test_overlapping_expansions_are_all_trimmed_alike(
     async def burst() -> list[httpx.Response]:
         headers = {"Authorization": f"Bearer {TOKEN_B}"}
         async with httpx.AsyncClient(base_url=url, headers=headers, timeout=TIMEOUT) as client:
-            body = {"message": "a walk on the beach", "persona": PERSONA}
+            body = {"message": "a walk on the beach", "persona": PERSONA, "coverage": "suggestive"}
             return await asyncio.gather(*(client.post("/v1/chat/shorts/expand", json=body) for _ in range(8)))
 
     responses = asyncio.run(burst())
@@ -510,6 +518,46 @@ def test_overlapping_expansions_are_all_trimmed_alike(
         assert_trimmed_at_a_comma(body, tiny_models)
     assert len({(b["prompt"], b["prompt_tokens"]) for b in bodies}) == 1
     assert trimmed_total(url) == before + 8
+
+
+# --- moderation follows the interface's decision, with text a random model cannot be made to write --------
+
+# What a model may write for "me naked on silk sheets", whatever its rules said.
+EXPLICIT_EXPANSION = "a woman in lace lingerie, nude on silk sheets, having sex, soft window light"
+COVERED_EXPANSION = f"a woman in lace lingerie, on silk sheets, soft window light. {COVERAGE_CLAUSE}"
+
+
+@pytest.mark.parametrize(
+    ("kind", "coverage", "expected"),
+    [
+        # Neutral: as the model wrote it (the interface re-checks every expanded prompt itself).
+        ("scenes", None, f"{EXPLICIT_EXPANSION}."),
+        # Covered: exposure and acts removed, lingerie and silk sheets kept, the clause at the end.
+        ("scenes", "explicit", COVERED_EXPANSION),
+        ("shorts", "suggestive", COVERED_EXPANSION),
+        # 1:1: no moderation beyond the hard block, whatever the body says.
+        ("1to1", "explicit", f"{EXPLICIT_EXPANSION}."),
+    ],
+)
+def test_the_expansion_follows_the_coverage_decision(
+    scripted_stack: dict[str, ServiceProcess],
+    tiny_models: dict[str, Path],
+    kind: str,
+    coverage: str | None,
+    expected: str,
+) -> None:
+    stack = scripted_stack
+    httpx.post(stack["scripted"].url + "/script", json={"chat_text": EXPLICIT_EXPANSION}).raise_for_status()
+    try:
+        resp = post((stack["llm"].url, {"Authorization": f"Bearer {TOKEN_B}"}), f"/v1/chat/{kind}/expand",
+                    {"message": "me naked on silk sheets", "coverage": coverage})  # fmt: skip
+    finally:
+        httpx.post(stack["scripted"].url + "/script", json={"chat_text": LONG_EXPANSION}).raise_for_status()
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["source"] == "model" and body["prompt"] == expected and body["trimmed"] is False
+    # The clause is counted exactly when it is there.
+    assert body["prompt_tokens"] == encoder_tokens(tiny_models, expected)
 
 
 # --- vLLM's own error bodies and startup, replayed byte for byte (tests/unit/test_vllm_errors.py) ---------

@@ -22,7 +22,7 @@ from shared.errors import (
 )
 from shared.metrics import ServiceMetrics
 from shared.models import ModerateResponse
-from shared.policy import SAFETY_SUFFIX
+from shared.policy import COVERAGE_PHRASE, COVERAGE_SUFFIX
 
 
 def answer(verdict: str, *categories: str) -> ModerateResponse:
@@ -58,25 +58,32 @@ def test_verdicts_become_the_word_rules_decisions() -> None:
     assert decide(answer("safe"), "a kite", moderated=True).prompt == "a kite"
     blocked = decide(answer("unsafe", "Violent"), "x", moderated=False)
     assert blocked.blocked and blocked.prompt == "" and "Violent" in (blocked.reason or "")
-    # Controversial: a soft block where the route moderates, a pass on 1:1 chat.
+    # Controversial: covered where the route moderates (reason "guard"), a pass on 1:1 chat.
     soft = decide(answer("controversial"), "a kite", moderated=True)
-    assert soft.soft_blocked and not soft.blocked and soft.prompt == "a kite" + SAFETY_SUFFIX
+    assert soft.soft_blocked and not soft.blocked and soft.prompt == "a kite" + COVERAGE_SUFFIX
+    assert (soft.moderation, soft.category, soft.coverage) == ("covered", "guard", "suggestive")
     assert decide(answer("controversial"), "a kite", moderated=False) == decide(
         answer("safe"), "a kite", moderated=False
     )
-    assert soften(soften("a kite")) == "a kite" + SAFETY_SUFFIX
+    assert soften(soften("a kite")) == "a kite" + COVERAGE_SUFFIX
+    # An expansion the LLM service already ended with its coverage clause is not covered twice.
+    expanded = f"a kite on a beach. Coverage: {COVERAGE_PHRASE}."
+    assert soften(expanded) == expanded
 
 
 def test_sexual_only_verdicts_pass_on_unmoderated_routes_unless_a_minor_is_mentioned() -> None:
     """The guard has no "minors" category: adult content is allowed on 1:1, a minor turns it into a block."""
     sexual = answer("unsafe", "Sexual Content or Sexual Acts")
     assert not decide(sexual, "two adults in bed, explicit", moderated=False).blocked
-    # Moderated routes refuse any unsafe verdict.
-    assert decide(sexual, "two adults in bed, explicit", moderated=True).blocked
+    # Moderated routes cover it as the word rules cover explicit content (issue #23: covered, not refused).
+    covered = decide(sexual, "two adults in bed, explicit", moderated=True)
+    assert (covered.moderation, covered.category, covered.coverage) == ("covered", "guard", "explicit")
+    assert covered.prompt == "two adults in bed, explicit" + COVERAGE_SUFFIX
     # A minor in any listed language, or a bare minor age, turns the same verdict into a hard block.
     minors = ("explicit photo of a child", "foto explícita de una niña", "she is 13, explicit", "裸の子供")
     for text in minors:
         assert decide(sexual, text, moderated=False).blocked, text
+        assert decide(sexual, text, moderated=True).blocked, text
     # Another category with it is refused anyway.
     assert decide(answer("unsafe", "Sexual Content or Sexual Acts", "Violent"), "x", moderated=False).blocked
     # "Unsafe" naming no category is refused: nothing says it is only adult content.

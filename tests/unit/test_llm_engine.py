@@ -15,14 +15,14 @@ from pydantic import ValidationError
 
 from services.llm_service.backends import ChatMessage, ChatResult
 from services.llm_service.engine import LlmEngine
-from services.llm_service.prompts import SAFETY_CLAUSE, compose_expanded_prompt
+from services.llm_service.prompts import COVERAGE_CLAUSE, COVERAGE_RULES, compose_expanded_prompt
 from services.llm_service.settings import LlmSettings
 from services.llm_service.token_budget import ENCODER_CLOSE, ENCODER_OPEN
 from shared.errors import ModelUnavailable, UnusableModelOutput
 from shared.metrics import ServiceMetrics
 from shared.models import MAX_PROMPT_CHARS, CaptionRequest, ExpandRequest, Features, ReplyRequest
 from shared.persona import describe_persona
-from shared.policy import SAFETY_SUFFIX
+from shared.policy import COVERAGE_PHRASE, COVERAGE_SUFFIX
 from shared.styles import STYLE_PHRASES
 
 GOOD_CAPTION = "A quiet walk along the beach at sunset with the waves rolling in"  # 13 words
@@ -116,7 +116,84 @@ def test_expand_junk_is_502_or_labelled_template() -> None:
         run(engine.expand("1to1", ExpandRequest(message="a fox")))
     engine, _ = make_engine(["<|im_end|>"], template_fallback=True)
     resp = run(engine.expand("shorts", ExpandRequest(message="a fox", persona=Features(hair_color="red"))))
-    assert resp.source == "template" and "red hair" in resp.prompt and resp.prompt.endswith(SAFETY_CLAUSE)
+    assert resp.source == "template" and "red hair" in resp.prompt and COVERAGE_PHRASE not in resp.prompt
+
+
+@pytest.mark.parametrize("coverage", ["suggestive", "explicit"])
+def test_a_covered_template_fallback_ends_with_the_clause_and_loses_explicit_words(coverage: str) -> None:
+    engine, backend = make_engine(["<|im_end|>"], template_fallback=True)
+    req = ExpandRequest(message="me nude in lace lingerie on silk sheets", coverage=coverage)  # type: ignore[arg-type]
+    resp = run(engine.expand("scenes", req))
+    assert resp.source == "template" and resp.prompt.endswith(f". {COVERAGE_CLAUSE}")
+    assert "nude" not in resp.prompt and "lingerie" in resp.prompt and "silk sheets" in resp.prompt
+    assert resp.prompt_tokens == encoder_tokens(backend, resp.prompt)  # the clause is counted too
+
+
+# --- moderation follows the interface's decision ---------------------------------------------------------
+
+MODEL_SCENE = "a woman in lace lingerie, nude shoulders on silk sheets, having sex, soft window light"
+
+
+def test_a_neutral_moderated_expansion_has_no_rules_no_clause_and_no_redaction() -> None:
+    engine, backend = make_engine(["a misty mountain lake at dawn, pine trees"])
+    resp = run(engine.expand("scenes", ExpandRequest(message="a misty mountain lake")))
+    system = backend.calls[0][0]["content"]
+    assert COVERAGE_RULES not in system and "nudity" not in system
+    assert resp.prompt == "a misty mountain lake at dawn, pine trees."
+    # Nothing is removed either: the interface judged the message neutral, and checks the expansion itself.
+    engine, _ = make_engine([MODEL_SCENE])
+    assert run(engine.expand("shorts", ExpandRequest(message="a woman resting"))).prompt == f"{MODEL_SCENE}."
+
+
+def test_a_suggestive_expansion_gets_the_rules_and_the_clause_and_keeps_lingerie() -> None:
+    scene = "a woman in lace lingerie, draped in silk sheets, sensual mood"
+    engine, backend = make_engine([scene])
+    resp = run(engine.expand("shorts", ExpandRequest(message="me in lingerie", coverage="suggestive")))
+    assert COVERAGE_RULES in backend.calls[0][0]["content"]
+    assert resp.prompt == f"{scene}. {COVERAGE_CLAUSE}"
+
+
+def test_an_explicit_expansion_loses_exposure_and_acts_and_ends_with_the_clause() -> None:
+    engine, backend = make_engine([MODEL_SCENE])
+    persona = Features(hair_color="red")
+    resp = run(
+        engine.expand("scenes", ExpandRequest(message="me naked", persona=persona, coverage="explicit"))
+    )
+    assert COVERAGE_RULES in backend.calls[0][0]["content"]
+    assert resp.prompt == (
+        f"The same character: {describe_persona(persona)}. "
+        f"a woman in lace lingerie, shoulders on silk sheets, soft window light. {COVERAGE_CLAUSE}"
+    )
+
+
+@pytest.mark.parametrize("coverage", [None, "suggestive", "explicit"])
+def test_1to1_ignores_coverage(coverage: str | None) -> None:
+    engine, backend = make_engine([MODEL_SCENE])
+    resp = run(engine.expand("1to1", ExpandRequest(message="me naked", coverage=coverage)))  # type: ignore[arg-type]
+    assert COVERAGE_RULES not in backend.calls[0][0]["content"]
+    assert resp.prompt == f"{MODEL_SCENE}."
+
+
+@pytest.mark.parametrize("kind", ["1to1", "shorts", "scenes"])
+@pytest.mark.parametrize("coverage", [None, "suggestive", "explicit"])
+@pytest.mark.parametrize("fallback", [False, True])
+def test_nothing_the_expansion_sends_or_returns_asks_for_modesty(
+    kind: str, coverage: str | None, fallback: bool
+) -> None:
+    engine, backend = make_engine(["<|im_end|>" if fallback else MODEL_SCENE], template_fallback=fallback)
+    resp = run(engine.expand(kind, ExpandRequest(message="me in lingerie", coverage=coverage)))  # type: ignore[arg-type]
+    for text in (backend.calls[0][0]["content"], resp.prompt):
+        assert "modest" not in text.lower() and "fully clothed" not in text.lower()
+
+
+def test_prompt_tokens_count_the_clause_only_when_it_is_there() -> None:
+    scene = "a fox in the snow, at dusk"
+    engine, backend = make_engine([scene, scene])
+    neutral = run(engine.expand("scenes", ExpandRequest(message="a fox")))
+    covered = run(engine.expand("scenes", ExpandRequest(message="a fox", coverage="suggestive")))
+    assert neutral.prompt_tokens == encoder_tokens(backend, f"{scene}.")
+    assert covered.prompt_tokens == encoder_tokens(backend, f"{scene}. {COVERAGE_CLAUSE}")
+    assert covered.prompt_tokens - neutral.prompt_tokens == backend.count_tokens(COVERAGE_CLAUSE)
 
 
 def test_expand_shortens_with_the_model_when_it_keeps_intent() -> None:
@@ -195,28 +272,30 @@ def test_each_kinds_words_reach_its_system_prompt_and_max_tokens(kind: str) -> N
 
 def test_a_fitting_expansion_is_whole_and_counted() -> None:
     engine, backend = make_engine(["a fox in the snow, at dusk"])
-    resp = run(engine.expand("scenes", ExpandRequest(message="a fox", persona=PERSONA)))
-    assert resp.prompt == f"{DESCRIPTOR}. a fox in the snow, at dusk. {SAFETY_CLAUSE}"
+    resp = run(engine.expand("scenes", ExpandRequest(message="a fox", persona=PERSONA, coverage="explicit")))
+    assert resp.prompt == f"{DESCRIPTOR}. a fox in the snow, at dusk. {COVERAGE_CLAUSE}"
     assert resp.trimmed is False and resp.prompt_tokens == encoder_tokens(backend, resp.prompt)
 
 
 def test_an_expansion_over_the_token_budget_is_cut_at_a_comma_and_says_so() -> None:
     metrics = ServiceMetrics("test")
     engine, backend = make_engine([LONG_SCENE], metrics, image_prompt_token_limit=96)
-    resp = run(engine.expand("shorts", ExpandRequest(message="a fox", persona=PERSONA)))
-    reserve = backend.count_tokens(SAFETY_SUFFIX)
+    req = ExpandRequest(message="a fox", persona=PERSONA, coverage="suggestive")
+    resp = run(engine.expand("shorts", req))
+    reserve = backend.count_tokens(COVERAGE_SUFFIX)
     assert resp.trimmed is True and resp.prompt_tokens == encoder_tokens(backend, resp.prompt)
     assert resp.prompt_tokens + reserve <= 96
     # Whole phrases, the longest run that fits: one phrase more would not.
     kept = next(n for n in range(len(PHRASES), 0, -1) if resp.prompt == compose(PHRASES[:n]))
     assert 1 <= kept < len(PHRASES)
     assert encoder_tokens(backend, compose(PHRASES[: kept + 1])) + reserve > 96
-    assert resp.prompt.startswith(DESCRIPTOR) and resp.prompt.endswith(SAFETY_CLAUSE)
+    assert resp.prompt.startswith(DESCRIPTOR) and resp.prompt.endswith(COVERAGE_CLAUSE)
     assert trimmed_count(metrics, "shorts", "tokens") == 1
 
 
 def compose(phrases: list[str]) -> str:
-    return compose_expanded_prompt("shorts", DESCRIPTOR[0].lower() + DESCRIPTOR[1:], ", ".join(phrases))
+    descriptor = DESCRIPTOR[0].lower() + DESCRIPTOR[1:]
+    return compose_expanded_prompt("shorts", descriptor, ", ".join(phrases), coverage="suggestive")
 
 
 def test_one_phrase_over_the_budget_is_cut_between_words() -> None:
@@ -224,7 +303,7 @@ def test_one_phrase_over_the_budget_is_cut_between_words() -> None:
     engine, backend = make_engine([scene], image_prompt_token_limit=64)
     resp = run(engine.expand("1to1", ExpandRequest(message="a fox")))
     assert resp.trimmed and resp.prompt_tokens is not None
-    assert resp.prompt_tokens + backend.count_tokens(SAFETY_SUFFIX) <= 64
+    assert resp.prompt_tokens + backend.count_tokens(COVERAGE_SUFFIX) <= 64
     assert resp.prompt.startswith(f"{WORDS[0]} {WORDS[1]}") and scene.startswith(
         resp.prompt.removesuffix(".")
     )
@@ -235,7 +314,7 @@ def test_an_expansion_over_the_character_limit_is_cut_at_a_comma() -> None:
     scene = ", ".join(" ".join(WORDS[3 * i : 3 * i + 3]) for i in range(200))  # ~3,200 characters
     engine, _ = make_engine([scene], metrics, image_prompt_token_limit=4096)
     resp = run(engine.expand("1to1", ExpandRequest(message="a fox")))
-    assert resp.trimmed and len(resp.prompt) <= MAX_PROMPT_CHARS - len(SAFETY_SUFFIX)
+    assert resp.trimmed and len(resp.prompt) <= MAX_PROMPT_CHARS - len(COVERAGE_SUFFIX)
     assert scene.startswith(resp.prompt.removesuffix(".")) and scene[len(resp.prompt) - 1] == ","
     assert trimmed_count(metrics, "1to1", "chars") == 1
 
@@ -254,13 +333,13 @@ def test_a_generation_stopped_by_its_cap_loses_only_the_unfinished_phrase() -> N
 def test_style_reaches_the_model_and_ends_the_prompt() -> None:
     phrase = STYLE_PHRASES["anime"]
     engine, backend = make_engine(["a fox in the snow, at dusk"])
-    resp = run(engine.expand("scenes", ExpandRequest(message="a fox", style="anime")))
+    resp = run(engine.expand("scenes", ExpandRequest(message="a fox", style="anime", coverage="suggestive")))
     assert phrase in backend.calls[0][0]["content"]
-    assert resp.prompt == f"a fox in the snow, at dusk, {phrase}. {SAFETY_CLAUSE}"
-    # Trimming cuts the scene only: the style phrase and the safety clause stay whole.
+    assert resp.prompt == f"a fox in the snow, at dusk, {phrase}. {COVERAGE_CLAUSE}"
+    # Trimming cuts the scene only: the style phrase and the coverage clause stay whole.
     engine, _ = make_engine([LONG_SCENE], image_prompt_token_limit=80)
-    resp = run(engine.expand("scenes", ExpandRequest(message="a fox", style="anime")))
-    assert resp.trimmed and resp.prompt.endswith(f", {phrase}. {SAFETY_CLAUSE}")
+    resp = run(engine.expand("scenes", ExpandRequest(message="a fox", style="anime", coverage="explicit")))
+    assert resp.trimmed and resp.prompt.endswith(f", {phrase}. {COVERAGE_CLAUSE}")
 
 
 def test_template_fallback_keeps_the_style_and_counts_when_it_can() -> None:

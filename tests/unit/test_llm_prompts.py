@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from services.llm_service.prompts import (
-    MODERATION_RULES,
-    SAFETY_CLAUSE,
+    COVERAGE_CLAUSE,
+    COVERAGE_REASONS,
+    COVERAGE_RULES,
     STYLE_INSTRUCTION,
     build_caption_messages,
     build_expand_messages,
@@ -20,6 +21,7 @@ from services.llm_service.settings import LlmSettings
 from services.llm_service.templates import TEMPLATE_SCENE_TAIL, template_scene
 from shared.models import ChatTurn, Features
 from shared.persona import describe_persona
+from shared.policy import COVERAGE_PHRASE
 from shared.styles import STYLE_NAMES, STYLE_PHRASES
 
 PERSONA = Features(
@@ -38,19 +40,55 @@ PERSONA = Features(
 DESCRIPTOR = describe_persona(PERSONA)
 
 
+REASONS = ["suggestive", "explicit"]
+# The product covers, it does not censor: no prompt the service builds may ask for these.
+CENSORING = ("modest", "fully clothed")
+
+
+def assert_no_censoring(text: str) -> None:
+    assert not any(word in text.lower() for word in CENSORING), text
+
+
 @pytest.mark.parametrize("kind", ["shorts", "scenes"])
-def test_moderated_kinds_carry_moderation_rules(kind: str) -> None:
-    system = build_expand_messages(kind, "at the beach", [], PERSONA, words=100)[0]
+@pytest.mark.parametrize("reason", REASONS)
+def test_covered_kinds_carry_the_coverage_rules_and_their_reason(kind: str, reason: str) -> None:
+    system = build_expand_messages(kind, "at the beach", [], PERSONA, words=100, coverage=reason)[0]  # type: ignore[arg-type]
     assert system["role"] == "system"
-    assert MODERATION_RULES in system["content"]
-    assert "nudity" in system["content"]
+    content = system["content"]
+    assert COVERAGE_RULES in content and COVERAGE_REASONS[reason] in content  # type: ignore[index]
+    # The spec's own examples of acceptable coverage reach the model, and what is never described.
+    for allowed in (
+        "draped in silk sheets",
+        "wearing lace lingerie",
+        "positioned behind translucent curtains",
+    ):
+        assert allowed in content
+    for forbidden in ("exposed genitals", "exposed nipples", "sexual act", "minor"):
+        assert forbidden in content
+    assert_no_censoring(content)
 
 
-def test_1to1_has_no_moderation_instructions() -> None:
-    system = expand_system_prompt("1to1", words=100)
-    assert MODERATION_RULES not in system
-    assert "nudity" not in system.lower()
+@pytest.mark.parametrize("kind", ["shorts", "scenes"])
+def test_a_neutral_moderated_expansion_gets_no_rules(kind: str) -> None:
+    system = build_expand_messages(kind, "a misty mountain lake", [], PERSONA, words=100)[0]["content"]
+    assert COVERAGE_RULES not in system and "coverage" not in system.lower()
+    assert not any(text in system for text in COVERAGE_REASONS.values())
+    assert system == expand_system_prompt(kind, words=100, coverage=None)
+
+
+@pytest.mark.parametrize("coverage", [None, *REASONS])
+def test_1to1_has_no_moderation_instructions_whatever_the_coverage(coverage: str | None) -> None:
+    system = expand_system_prompt("1to1", words=100, coverage=coverage)  # type: ignore[arg-type]
+    assert COVERAGE_RULES not in system
+    assert "nudity" not in system.lower() and "coverage" not in system.lower()
     assert "moderated" not in system.lower()
+    assert system == expand_system_prompt("1to1", words=100)
+
+
+def test_the_clause_is_the_one_coverage_wording() -> None:
+    assert f"Coverage: {COVERAGE_PHRASE}." == COVERAGE_CLAUSE
+    assert_no_censoring(COVERAGE_CLAUSE)
+    assert_no_censoring(COVERAGE_RULES + " ".join(COVERAGE_REASONS.values()))
 
 
 @pytest.mark.parametrize("kind", ["1to1", "shorts", "scenes"])
@@ -72,16 +110,25 @@ def test_expand_messages_without_persona() -> None:
 
 
 @pytest.mark.parametrize("kind", ["1to1", "shorts", "scenes"])
-def test_compose_keeps_persona_whatever_the_scene(kind: str) -> None:
+@pytest.mark.parametrize("coverage", [None, *REASONS])
+def test_compose_keeps_persona_and_ends_with_the_clause_only_when_covered(
+    kind: str, coverage: str | None
+) -> None:
     descriptor = character_descriptor(PERSONA)
     for scene in ["", "junk qq zz", "x" * 5000]:
         # Nothing is cut here: fitting the budget is token_budget.py's (tests/unit/test_llm_engine.py).
-        prompt = compose_expanded_prompt(kind, descriptor, scene)
+        prompt = compose_expanded_prompt(kind, descriptor, scene, coverage=coverage)  # type: ignore[arg-type]
         assert prompt.startswith(f"The same character: {DESCRIPTOR}.") and scene in prompt
-        if kind == "1to1":
-            assert SAFETY_CLAUSE not in prompt
+        if kind == "1to1" or coverage is None:
+            assert COVERAGE_PHRASE not in prompt and prompt.endswith(f"{scene}." if scene else ".")
         else:
-            assert prompt.endswith(SAFETY_CLAUSE)
+            assert prompt.endswith(f". {COVERAGE_CLAUSE}") and prompt.count(COVERAGE_PHRASE) == 1
+        assert_no_censoring(prompt)
+
+
+def test_a_neutral_scene_passes_as_written() -> None:
+    scene = "a misty mountain lake at dawn, pine trees, soft fog"
+    assert compose_expanded_prompt("scenes", "", scene) == f"{scene}."
 
 
 def test_compose_without_persona() -> None:
@@ -104,13 +151,14 @@ def test_each_kinds_word_target_reaches_its_system_prompt(kind: str) -> None:
 @pytest.mark.parametrize("style", STYLE_NAMES)
 def test_style_reaches_the_system_prompt_and_ends_the_prompt_once(style: str) -> None:
     phrase = STYLE_PHRASES[style]
-    system = expand_system_prompt("shorts", words=150, style=style)
-    assert STYLE_INSTRUCTION.format(phrase=phrase) in system and MODERATION_RULES in system
+    system = expand_system_prompt("shorts", words=150, style=style, coverage="suggestive")
+    assert STYLE_INSTRUCTION.format(phrase=phrase) in system and COVERAGE_RULES in system
     # The model may copy the phrase into the scene, or not at all: either way it ends the prompt once.
     for scene in ["a fox in snow, at dusk", f"a fox in snow, {phrase}, at dusk", f"a fox in snow, {phrase}."]:
-        prompt = compose_expanded_prompt("shorts", DESCRIPTOR, scene, style=style)
-        assert prompt.count(phrase) == 1 and prompt.endswith(f"{phrase}. {SAFETY_CLAUSE}")
+        prompt = compose_expanded_prompt("shorts", DESCRIPTOR, scene, style=style, coverage="suggestive")
+        assert prompt.count(phrase) == 1 and prompt.endswith(f"{phrase}. {COVERAGE_CLAUSE}")
         assert "a fox in snow" in prompt and ", ," not in prompt
+        assert compose_expanded_prompt("shorts", DESCRIPTOR, scene, style=style).endswith(f"{phrase}.")
     assert phrase not in expand_system_prompt("shorts", words=150)
 
 

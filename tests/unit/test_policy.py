@@ -1,4 +1,5 @@
-"""Table-driven tests for shared.policy: obfuscated hard blocks, benign traps, soft blocks, properties."""
+"""Table-driven tests for shared.policy: obfuscated hard blocks, benign traps, the three-way decision
+(neutral / covered / blocked) and its coverage, properties."""
 
 from __future__ import annotations
 
@@ -11,14 +12,16 @@ from hypothesis import strategies as st
 
 from shared import policy_terms
 from shared.policy import (
+    COVERAGE_PHRASE,
+    COVERAGE_SUFFIX,
     HARD_BLOCK_CATEGORIES,
-    SAFETY_SUFFIX,
     SOFT_BLOCK_CATEGORIES,
     PolicyDecision,
     check_expanded_prompt,
     evaluate_private_chat,
     normalize,
     sanitize_general,
+    with_coverage,
 )
 from shared.policy.lexicon import LANGUAGES
 from shared.policy.normalizer import term_form
@@ -27,10 +30,12 @@ MINORS = "minors"
 VIOLENCE = "sexual_violence"
 BEAST = "bestiality"
 EXPLICIT = "explicit"
+SUGGESTIVE = "suggestive"
 PASS = "pass"
+COVERED = (EXPLICIT, SUGGESTIVE)
 
-# (id, text, expected) — expected is a hard category, EXPLICIT (soft in moderated, pass in private chat)
-# or PASS (unchanged everywhere).
+# (id, text, expected) — expected is a hard category, EXPLICIT or SUGGESTIVE (covered when moderated,
+# unchanged in private chat) or PASS (neutral: unchanged everywhere).
 CASES: list[tuple[str, str, str]] = [
     # --- minors: a minor term plus a sexual/nude/sexualizing term -------------------------------
     ("minor-digit-age", "nude 12 year old", MINORS),
@@ -137,7 +142,9 @@ CASES: list[tuple[str, str, str]] = [
     ("benign-4k", "4k photo of a cat, 3d render", PASS),
     ("benign-year", "a 1990s photo of a family", PASS),
     ("explicit-ten-is-not-teen", "ten nude statues", EXPLICIT),
-    ("benign-suffix", "a child flying a kite" + SAFETY_SUFFIX, PASS),
+    ("benign-suffix", "a child flying a kite" + COVERAGE_SUFFIX, PASS),
+    ("benign-llm-clause", f"a child flying a kite. Coverage: {COVERAGE_PHRASE}.", PASS),
+    ("benign-phrase-alone", COVERAGE_PHRASE, PASS),
     ("benign-bare-age-no-sex", "she is 13 and loves soccer", PASS),
     ("benign-knot", "niño haciendo un nudo marinero", PASS),
     ("benign-kind", "a kind nurse with children", PASS),
@@ -162,14 +169,36 @@ CASES: list[tuple[str, str, str]] = [
     ("explicit-couple", "couple having sex in a hotel room", EXPLICIT),
     ("explicit-spaced", "s e x on a yacht", EXPLICIT),
     ("explicit-teen-alone-age", "a 19 year old topless", EXPLICIT),
+    ("explicit-over-suggestive", "sexy nude model", EXPLICIT),
+    ("explicit-covered-again", "a nude woman" + COVERAGE_SUFFIX, EXPLICIT),
+    # --- suggestive: covered when moderated, unchanged in private chat ----------------------------------
+    ("suggestive-lingerie", "a woman in lace lingerie", SUGGESTIVE),
+    ("suggestive-seductive", "seductive pose on a velvet sofa", SUGGESTIVE),
+    ("suggestive-sexy-dress", "sexy red dress at a gala", SUGGESTIVE),
+    ("suggestive-sensual", "sensual portrait of a man by candlelight", SUGGESTIVE),
+    ("suggestive-erotic-adult", "erotic photo of an adult woman", SUGGESTIVE),
+    ("suggestive-adult-age", "a 25 year old woman in lingerie", SUGGESTIVE),
+    ("suggestive-spanish", "mujer en lencería roja", SUGGESTIVE),
+    ("suggestive-german", "Frau in Dessous", SUGGESTIVE),
+    ("suggestive-russian", "соблазнительная женщина", SUGGESTIVE),
+    ("suggestive-japanese", "セクシーな女性", SUGGESTIVE),
+    ("suggestive-leet", "s3xy lingerie shoot", SUGGESTIVE),
+    ("suggestive-covered-again", "a woman in lingerie" + COVERAGE_SUFFIX, SUGGESTIVE),
+    # --- neutral: what the product allows uncovered on shorts and scenes ----------------------------------
+    ("neutral-swimwear", "a woman in a bikini at the beach", PASS),
+    ("neutral-swim-trunks", "a man in swim trunks by the pool", PASS),
+    ("neutral-silk-sheets", "a bed with silk sheets in morning light", PASS),
+    ("neutral-sheer-curtains", "sheer curtains moving in the wind", PASS),
+    ("neutral-kiss", "a couple kissing at sunset", PASS),
+    ("neutral-lake", "a misty mountain lake at dawn", PASS),
 ]
 
 
 def _outcome(decision: PolicyDecision) -> str:
-    if decision.blocked:
-        assert decision.category is not None
-        return decision.category
-    return EXPLICIT if decision.soft_blocked else PASS
+    if decision.moderation == "neutral":
+        return PASS
+    assert decision.category is not None
+    return decision.category
 
 
 @pytest.mark.parametrize(("text", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
@@ -177,13 +206,17 @@ def test_sanitize_general(text: str, expected: str) -> None:
     decision = sanitize_general(text)
     assert _outcome(decision) == expected
     if expected in HARD_BLOCK_CATEGORIES:
+        assert decision.moderation == "blocked" and decision.blocked
         assert decision.prompt == ""
-        assert not decision.soft_blocked
-    elif expected == EXPLICIT:
-        assert decision.category == EXPLICIT
-        assert decision.prompt.startswith(text.strip())
-        assert decision.prompt.endswith(SAFETY_SUFFIX)
+        assert not decision.soft_blocked and decision.coverage is None
+    elif expected in COVERED:
+        assert decision.moderation == "covered" and decision.soft_blocked and not decision.blocked
+        assert decision.coverage == expected
+        # The user's words stay; the coverage phrase is there exactly once.
+        assert decision.prompt == with_coverage(text.strip())
+        assert decision.prompt.startswith(text.strip()) and decision.prompt.count(COVERAGE_PHRASE) == 1
     else:
+        assert decision.moderation == "neutral"
         assert decision == PolicyDecision(False, None, text.strip(), False, None)
 
 
@@ -195,7 +228,8 @@ def test_evaluate_private_chat(text: str, expected: str) -> None:
         assert decision.category == expected
         assert decision.prompt == ""
     else:
-        # Explicit adult content is allowed in private chat and passes untouched.
+        # Explicit adult content is allowed in private chat and passes untouched: no clause, no words lost.
+        assert decision.moderation == "neutral"
         assert decision == PolicyDecision(False, None, text.strip(), False, None)
 
 
@@ -235,27 +269,82 @@ def test_reason_and_category_never_echo_the_input(text: str, expected: str) -> N
     assert text not in decision.reason
 
 
-def test_soft_block_keeps_original_and_appends_suffix_once() -> None:
-    text = "  a nude woman on a beach at sunset  "
+@pytest.mark.parametrize(
+    ("text", "coverage"),
+    [("  a nude woman on a beach at sunset  ", EXPLICIT), ("  a woman in silk lingerie  ", SUGGESTIVE)],
+)
+def test_coverage_keeps_original_and_is_appended_once(text: str, coverage: str) -> None:
     decision = sanitize_general(text)
-    assert decision.soft_blocked and not decision.blocked
-    assert decision.prompt == text.strip() + SAFETY_SUFFIX
-    assert decision.reason is not None and "nude" not in decision.reason
-    # Re-checking our own output (as the interface does after LLM expansion) must not stack suffixes.
-    again = check_expanded_prompt(decision.prompt, moderated=True)
-    assert again.prompt == decision.prompt
+    assert decision.moderation == "covered" and decision.coverage == coverage
+    assert decision.prompt == text.strip() + COVERAGE_SUFFIX
+    assert decision.reason is not None and "coverage was added" in decision.reason
+    assert not set(normalize(text).split()) & set(normalize(decision.reason).split()) - {"a", "on"}
+    # Re-checking our own output (as the interface does after LLM expansion) gives the same decision.
+    assert check_expanded_prompt(decision.prompt, moderated=True) == decision
+    # The LLM service's form of the clause counts as coverage too: nothing is appended to it.
+    expanded = f"{text.strip()}. Coverage: {COVERAGE_PHRASE}."
+    again = check_expanded_prompt(expanded, moderated=True)
+    assert (again.moderation, again.coverage, again.prompt) == ("covered", coverage, expanded)
+    # Unmoderated, a covered prompt is just a prompt: neutral and unchanged.
+    assert check_expanded_prompt(decision.prompt, moderated=False).prompt == decision.prompt
 
 
-def test_same_text_differs_only_in_soft_handling() -> None:
+def test_same_text_differs_only_in_coverage() -> None:
     text = "a naked couple kissing in the rain"
     assert evaluate_private_chat(text).prompt == text
-    assert sanitize_general(text).prompt == text + SAFETY_SUFFIX
+    assert sanitize_general(text).prompt == text + COVERAGE_SUFFIX
 
 
 def test_category_constants() -> None:
     assert HARD_BLOCK_CATEGORIES == ("minors", "sexual_violence", "bestiality")
-    assert SOFT_BLOCK_CATEGORIES == ("explicit",)
-    assert SAFETY_SUFFIX.startswith(", ")
+    assert SOFT_BLOCK_CATEGORIES == (EXPLICIT, SUGGESTIVE)
+    assert COVERAGE_SUFFIX == ", " + COVERAGE_PHRASE
+
+
+def test_coverage_names_coverage_not_modesty() -> None:
+    # The product's rule: coverage (lingerie, swimwear and silk sheets are fine), not "modest" clothing.
+    for banned in ("modest", "fully clothed", "safe for work"):
+        assert banned not in COVERAGE_PHRASE
+    assert "covered" in COVERAGE_PHRASE and "no nudity" in COVERAGE_PHRASE
+
+
+def test_a_decision_is_one_of_three() -> None:
+    with pytest.raises(ValueError, match="not both"):
+        PolicyDecision(True, "minors", "", True, "r", coverage="explicit")
+    with pytest.raises(ValueError, match="exactly when"):
+        PolicyDecision(False, EXPLICIT, "x", True, "r")
+    with pytest.raises(ValueError, match="exactly when"):
+        PolicyDecision(False, None, "x", False, None, coverage="suggestive")
+
+
+def _terms(group: str) -> list[tuple[str, str]]:
+    return [(lang.code, term) for lang in LANGUAGES for term in lang.terms(group)]
+
+
+# Suggestive phrases that hold a stronger word: an explicit one of their file ("sexually", "desnuda"): covered
+# as explicit; ja 猥褻 ("obscene") is written like zh 猥亵 ("indecent assault") once Han is folded: blocked.
+_STRONGER = {
+    ("ar", "مثيرة جنسيا"): EXPLICIT,
+    ("ar", "مثير جنسيا"): EXPLICIT,
+    ("es", "se desnuda"): EXPLICIT,
+    ("ja", "猥褻"): VIOLENCE,
+}
+
+
+@pytest.mark.parametrize(("code", "term"), _terms("sexualizing"))
+def test_every_suggestive_word_is_covered_alone_and_passes_private_chat(code: str, term: str) -> None:
+    decision = sanitize_general(term)
+    assert _outcome(decision) == _STRONGER.get((code, term), SUGGESTIVE), (code, term)
+    if (code, term) not in _STRONGER:
+        assert decision.coverage == SUGGESTIVE and decision.prompt == term + COVERAGE_SUFFIX
+        assert evaluate_private_chat(term) == PolicyDecision(False, None, term, False, None), (code, term)
+
+
+@pytest.mark.parametrize(("code", "term"), _terms("sexualizing_local"))
+def test_local_suggestive_words_cover_alone_only_with_their_accents(code: str, term: str) -> None:
+    # pt "despida" is also Spanish "say goodbye": unaccented, a neutral prompt must pass unchanged.
+    decision = sanitize_general(term)
+    assert decision.moderation == ("neutral" if term.isascii() else "covered"), (code, term)
 
 
 @pytest.mark.parametrize(
@@ -337,3 +426,9 @@ def test_entry_points_never_crash(text: str, moderated: bool) -> None:
         assert decision.category in (None, *HARD_BLOCK_CATEGORIES, *SOFT_BLOCK_CATEGORIES)
         assert decision.blocked == (decision.category in HARD_BLOCK_CATEGORIES)
         assert not (decision.blocked and decision.soft_blocked)
+        if decision.moderation == "neutral":
+            assert decision.prompt == text.strip()
+        elif decision.moderation == "covered":
+            assert decision.prompt == with_coverage(text.strip())
+    # Unmoderated checks never cover.
+    assert evaluate_private_chat(text).moderation != "covered"

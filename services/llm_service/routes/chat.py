@@ -19,7 +19,8 @@ router = APIRouter(tags=["chat"])
 
 @router.post("/v1/chat/1to1/expand", response_model=ExpandResponse)
 async def expand_1to1(req: ExpandRequest, engine: EngineDep) -> ExpandResponse:
-    """Chat message (+ history, persona, style) -> a detailed image prompt for 1:1 chat (no moderation rules).
+    """Chat message (+ history, persona, style) -> a detailed image prompt for 1:1 chat: no moderation
+    rules and no clause; a ``coverage`` in the body is ignored.
 
     The prompt fits the image model's token budget; ``trimmed`` says when it was cut to fit, ``prompt_tokens``
     what it counts. An unknown ``style`` is a 422."""
@@ -28,13 +29,15 @@ async def expand_1to1(req: ExpandRequest, engine: EngineDep) -> ExpandResponse:
 
 @router.post("/v1/chat/shorts/expand", response_model=ExpandResponse)
 async def expand_shorts(req: ExpandRequest, engine: EngineDep) -> ExpandResponse:
-    """Chat message (+ history, persona, style) -> a detailed image prompt for shorts, with moderation."""
+    """Chat message (+ history, persona, style) -> a detailed image prompt for shorts; with ``coverage`` set,
+    a covered one (coverage rules, explicit words removed, the coverage clause at its end)."""
     return await engine.expand("shorts", req)
 
 
 @router.post("/v1/chat/scenes/expand", response_model=ExpandResponse)
 async def expand_scenes(req: ExpandRequest, engine: EngineDep) -> ExpandResponse:
-    """Chat message (+ history, persona, style) -> a detailed image prompt for scenes, with moderation."""
+    """Chat message (+ history, persona, style) -> a detailed image prompt for scenes; with ``coverage`` set,
+    a covered one (coverage rules, explicit words removed, the coverage clause at its end)."""
     return await engine.expand("scenes", req)
 
 
