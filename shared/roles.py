@@ -1,8 +1,8 @@
 """What each role's content policy is: the one declaration every service reads.
 
 A role is a kind of image a route makes. The interface (which text checks run before and after the LLM),
-the LLM service (whether an expansion gets coverage rules and the safety clause) and the image workers
-(soft block on their routes, the pixel check of the output) all look the role up here, so "moderated" means
+the LLM service (whether an expansion may get coverage rules and the coverage clause) and the image workers
+(coverage on their routes, the pixel check of the output) all look the role up here, so "moderated" means
 one thing everywhere. The hard block (sexual content with minors, sexual violence and the like) is not a
 flag: it applies to every role, every route, every text.
 
@@ -22,10 +22,11 @@ ChatKind = Literal["1to1", "shorts", "scenes"]
 
 @dataclass(frozen=True, slots=True)
 class RolePolicy:
-    # Explicit (not hard-blocked) prompts keep their text and get safety constraints appended; otherwise
-    # they pass unchanged (adults may ask for explicit images in their private 1:1 chat).
+    # Suggestive or explicit (not hard-blocked) prompts keep their text and get coverage; otherwise they pass
+    # unchanged (adults may ask for explicit images in their private 1:1 chat).
     soft_block: bool
-    # The LLM's expansion gets coverage rules and a safety clause (chat roles only).
+    # The LLM's expansion gets coverage rules and the coverage clause when the message needs coverage
+    # (chat roles only; shared/policy decides, docs/MODERATION.md).
     moderated_expansion: bool
     # The generated pixels are checked by the output safety model before they leave the worker.
     pixel_check: bool
