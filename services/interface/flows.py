@@ -14,8 +14,10 @@ worker is called before every verdict is in.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, cast
 
@@ -41,6 +43,7 @@ from shared.models import (
     ImageGenResponse,
     ImageParams,
     Moderation,
+    ModerationDecision,
     ProfileCreateResponse,
     ReplyRequest,
     ReplyResponse,
@@ -211,9 +214,23 @@ class ModerationCounts:
             else None
         )
 
-    def count(self, role: RoleName, decision: PolicyDecision) -> None:
+    def count(self, role: RoleName, decision: ModerationDecision) -> None:
         if self._counter is not None:
-            self._counter.labels(role, decision.moderation).inc()
+            self._counter.labels(role, decision).inc()
+
+    def blocked(self, role: RoleName, decision: PolicyDecision) -> None:
+        """Count a refusal of the word rules before anything runs; what passes is counted when it ends."""
+        if decision.blocked:
+            self.count(role, "blocked")
+
+    @contextlib.contextmanager
+    def refusals(self, role: RoleName) -> Iterator[None]:
+        """Count a refusal inside a flow (the guard, the re-check of the expansion) as that role's block."""
+        try:
+            yield
+        except PolicyBlocked:
+            self.count(role, "blocked")
+            raise
 
 
 def covered_once(prompt: str, written: str) -> str:
@@ -313,13 +330,21 @@ class Flows:
         decision = await decide_off_loop(
             sanitize_general if moderated else evaluate_private_chat, req.message
         )
-        self.moderation.count(CHAT_KIND_ROLE[kind], decision)
+        self.moderation.blocked(CHAT_KIND_ROLE[kind], decision)
         enforce(decision, "policy")
         await check_negative_prompt(req)
         check_params(self.pools.chat_pool(kind), req)
         return ChatJob(kind, req, fixed_seed(req.seed), decision.coverage if moderated else None)
 
     async def chat_image(self, job: ChatJob) -> ChatImageResponse:
+        role = CHAT_KIND_ROLE[job.kind]
+        with self.moderation.refusals(role):
+            response = await self._chat_image(job)
+        assert response.moderation is not None
+        self.moderation.count(role, response.moderation.decision)
+        return response
+
+    async def _chat_image(self, job: ChatJob) -> ChatImageResponse:
         kind, req = job.kind, job.req
         timer = StageTimer()
         # The guard reads the message while the LLM expands it: the expansion shows the user nothing.
@@ -419,14 +444,14 @@ class Flows:
     async def prepare_private_image(self, req: ImageGenRequest) -> TextImageJob:
         styled = with_style(req.prompt, req.style)
         private = await decide_off_loop(evaluate_private_chat, styled)
-        self.moderation.count("chat1to1", private)
+        self.moderation.blocked("chat1to1", private)
         prompt = enforce(private, "policy")
         path, moderated = "/v1/chat/1to1/generate", policy_for("chat1to1").soft_block
         return await self._text_job(self.pools.chat1to1, path, req, prompt, False, moderated=moderated)
 
     async def prepare_general_image(self, req: ImageGenRequest) -> TextImageJob:
         decision = await decide_off_loop(sanitize_general, with_style(req.prompt, req.style))
-        self.moderation.count("general", decision)
+        self.moderation.blocked("general", decision)
         prompt = enforce(decision, "policy")
         moderated = policy_for("general").soft_block
         return await self._text_job(
@@ -455,6 +480,14 @@ class Flows:
         return TextImageJob(pool, path, req, prompt, soft, fixed_seed(req.seed), moderated, coverage)
 
     async def text_image(self, job: TextImageJob) -> ImageGenResponse:
+        role: RoleName = "general" if job.moderated else "chat1to1"
+        with self.moderation.refusals(role):
+            response = await self._text_image(job)
+        assert response.moderation is not None
+        self.moderation.count(role, response.moderation.decision)
+        return response
+
+    async def _text_image(self, job: TextImageJob) -> ImageGenResponse:
         timer = StageTimer()
         prompt, soft_blocked = job.prompt, job.soft_blocked
         with timer.stage("guard"):

@@ -573,6 +573,24 @@ def test_hard_block_stays_absolute(stack: dict[str, ServiceProcess], path: str) 
 
 
 def test_moderation_decisions_are_counted_per_role(stack: dict[str, ServiceProcess]) -> None:
-    text = httpx.get(stack["interface"].url + "/metrics", headers=CLIENT).text
-    assert 'imgpod_moderation_decisions_total{decision="covered",role="scenes"}' in text
-    assert 'imgpod_moderation_decisions_total{decision="neutral",role="chat1to1"}' in text
+    def counts() -> dict[str, float]:
+        text = httpx.get(stack["interface"].url + "/metrics", headers=CLIENT).text
+        prefix = "imgpod_moderation_decisions_total{"
+        return {
+            ln.split(" ")[0]: float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln.startswith(prefix)
+        }
+
+    def key(role: str, decision: str) -> str:
+        return f'imgpod_moderation_decisions_total{{decision="{decision}",role="{role}"}}'
+
+    before = counts()
+    for case in ("neutral", "suggestive"):
+        assert (
+            post(stack, "/v1/chat/scenes/generate", json={"message": MODERATION_CASES[case]}).status_code
+            == 200
+        )
+    assert post(stack, "/v1/chat/scenes/generate", json={"message": "a nude child"}).status_code == 422
+    after = counts()
+    # One count per request, the request's final decision.
+    for decision in ("neutral", "covered", "blocked"):
+        assert after[key("scenes", decision)] == before.get(key("scenes", decision), 0) + 1
