@@ -14,10 +14,9 @@ worker is called before every verdict is in.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import secrets
-from collections.abc import Iterator
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, cast
 
@@ -63,6 +62,7 @@ from shared.timings import StageTimer
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
+R = TypeVar("R", ChatImageResponse, ImageGenResponse)
 # Ten to fifteen words, safe whatever the image shows: used only when the caption stage fails, and labelled.
 TEMPLATE_CAPTION = "Here is the picture you asked for, made just for you in this chat."
 
@@ -223,14 +223,17 @@ class ModerationCounts:
         if decision.blocked:
             self.count(role, "blocked")
 
-    @contextlib.contextmanager
-    def refusals(self, role: RoleName) -> Iterator[None]:
-        """Count a refusal inside a flow (the guard, the re-check of the expansion) as that role's block."""
+    async def counted(self, role: RoleName, flow: Awaitable[R]) -> R:
+        """The flow's response, its final decision counted; a refusal inside it (the guard, the re-check of
+        the expansion) counted as that role's block."""
         try:
-            yield
+            response = await flow
         except PolicyBlocked:
             self.count(role, "blocked")
             raise
+        assert response.moderation is not None
+        self.count(role, response.moderation.decision)
+        return response
 
 
 def covered_once(prompt: str, written: str) -> str:
@@ -337,12 +340,7 @@ class Flows:
         return ChatJob(kind, req, fixed_seed(req.seed), decision.coverage if moderated else None)
 
     async def chat_image(self, job: ChatJob) -> ChatImageResponse:
-        role = CHAT_KIND_ROLE[job.kind]
-        with self.moderation.refusals(role):
-            response = await self._chat_image(job)
-        assert response.moderation is not None
-        self.moderation.count(role, response.moderation.decision)
-        return response
+        return await self.moderation.counted(CHAT_KIND_ROLE[job.kind], self._chat_image(job))
 
     async def _chat_image(self, job: ChatJob) -> ChatImageResponse:
         kind, req = job.kind, job.req
@@ -480,12 +478,9 @@ class Flows:
         return TextImageJob(pool, path, req, prompt, soft, fixed_seed(req.seed), moderated, coverage)
 
     async def text_image(self, job: TextImageJob) -> ImageGenResponse:
-        role: RoleName = "general" if job.moderated else "chat1to1"
-        with self.moderation.refusals(role):
-            response = await self._text_image(job)
-        assert response.moderation is not None
-        self.moderation.count(role, response.moderation.decision)
-        return response
+        return await self.moderation.counted(
+            "general" if job.moderated else "chat1to1", self._text_image(job)
+        )
 
     async def _text_image(self, job: TextImageJob) -> ImageGenResponse:
         timer = StageTimer()
