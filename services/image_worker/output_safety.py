@@ -2,7 +2,7 @@
 
 Text rules can be talked around and a diffusion model can still draw what the prompt avoided; nudenet's
 detector (a YOLOv8 ONNX model with exposed/covered body-part classes, bundled in its wheel) checks the image
-itself before it leaves the worker. Moderation covers rather than censors (DESIGN.md, "Moderation per role"):
+itself before it leaves the worker. Moderation covers rather than censors (docs/MODERATION.md):
 lingerie, swimwear and implied nudity are allowed, so only exposed classes can block, each at its own score.
 """
 

@@ -46,7 +46,7 @@ KIND_FRAMING: dict[str, str] = {
     "scenes": "The picture is a wide cinematic scene with a clear setting around the character.",
 }
 
-# The product's definition of a covered picture (DESIGN.md, "Moderation per role"): the mood is kept and
+# The product's definition of a covered picture (docs/MODERATION.md): the mood is kept and
 # only exposure is hidden, so the rules never ask for more clothing than its own allowed examples wear.
 COVERAGE_RULES = (
     "Coverage rules: the picture appears in a public feed, where intimate areas are always covered. Keep "
