@@ -48,7 +48,6 @@ from shared.models import (
     ReplyResponse,
 )
 from shared.policy import (
-    COVERAGE_PHRASE,
     PolicyDecision,
     check_expanded_prompt,
     decide_off_loop,
@@ -236,12 +235,6 @@ class ModerationCounts:
         return response
 
 
-def covered_once(prompt: str, written: str) -> str:
-    """The expanded prompt as the LLM wrote it when it already ends with the coverage sentence, rather than
-    the word rules' copy with the coverage phrase a second time."""
-    return written if COVERAGE_PHRASE in written and prompt != written else prompt
-
-
 class Flows:
     def __init__(
         self, pools: Pools, settings: InterfaceSettings, guard: Guard, metrics: ServiceMetrics | None = None
@@ -370,14 +363,15 @@ class Flows:
                 decision = await decide_off_loop(
                     lambda text: check_expanded_prompt(text, moderated=job.moderated), expanded.prompt
                 )
-                prompt = covered_once(enforce(decision, "policy_expanded"), expanded.prompt)
+                # Coverage is added once: shared.policy's with_coverage sees the LLM's coverage sentence too.
+                prompt = enforce(decision, "policy_expanded")
             message_soft = _enforced(await message_check, "guard").soft_blocked
         finally:
             message_check.cancel()
         with timer.stage("guard_expanded"):
             checked = await self.guard.check(prompt, moderated=job.moderated, stage="guard_expanded")
-        prompt = covered_once(enforce(checked, "guard_expanded"), prompt)
-        if message_soft and COVERAGE_PHRASE not in prompt:
+        prompt = enforce(checked, "guard_expanded")
+        if message_soft:
             prompt = soften(prompt)
         # The decision of the whole request: the message's words first, then what the expansion or the guard
         # added (an LLM can write what the message did not say).
@@ -487,7 +481,7 @@ class Flows:
         prompt, soft_blocked = job.prompt, job.soft_blocked
         with timer.stage("guard"):
             checked = await self.guard.check(job.req.prompt, moderated=job.moderated, stage="guard")
-        if _enforced(checked, "guard").soft_blocked and not soft_blocked:
+        if _enforced(checked, "guard").soft_blocked:
             prompt, soft_blocked = soften(prompt), True
         with timer.stage("generate"):
             body = await job.pool.request(
