@@ -58,6 +58,13 @@ def build_queues(
     return queues
 
 
+def owner_of(request: Request) -> str | None:
+    """The API key's id (shared/service.py), whose work an item is; None on an open deployment, where everyone
+    is one owner."""
+    state = request.scope.get("state")
+    return state.get(KEY_ID) if state else None
+
+
 async def wait_for_disconnect(request: Request) -> None:
     while True:
         message = await request.receive()
@@ -104,9 +111,7 @@ async def run_admitted_all(
 ) -> list[Any]:
     """Several items of one request, each admitted on its own; all are given up when one fails or the client
     disconnects (one answer carries them all, so a part of it is worth nothing)."""
-    state = request.scope.get("state")
-    # The API key's id (shared/service.py); None on an open deployment, where everyone is one owner.
-    owner: str | None = state.get(KEY_ID) if state else None
+    owner = owner_of(request)
     await admit(request, queue, owner, weight * len(works))
     submits = [asyncio.ensure_future(queue.submit(work, weight, owner)) for work in works]
     gone = asyncio.ensure_future(wait_for_disconnect(request))

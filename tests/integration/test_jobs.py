@@ -157,7 +157,7 @@ def test_cancel_a_queued_job_and_a_running_one(api: ServiceProcess, gate: Worker
         gate.wait_parked(1)
         queued = submit(api, {**BODY, "seed": 22}).json()
         third = submit(api, {**BODY, "seed": 23}).json()
-        assert get(api, queued["id"]).json() == {**get(api, queued["id"]).json(), "status": "queued"}
+        assert get(api, queued["id"]).json()["status"] == "queued"
         assert get(api, third["id"]).json()["position"] == 1
         canceled = httpx.post(f"{api.url}/v1/jobs/{queued['id']}/cancel", headers=A, timeout=30)
         assert canceled.status_code == 200 and canceled.json()["status"] == "canceled"

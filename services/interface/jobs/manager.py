@@ -222,7 +222,10 @@ class JobManager:
         self._submitted[record.id] = record
         if job.blob is not None:
             self._uploads[record.id] = job.blob
-        self._outcomes[record.id] = asyncio.get_running_loop().create_future()
+        if not asynchronous:
+            # Only a waiting client takes the outcome (``wait`` drops it then); an async job's outcome is the
+            # store's, and a future kept for it would hold its images in memory for good.
+            self._outcomes[record.id] = asyncio.get_running_loop().create_future()
         try:
             # Admitted again in the same step that queues it: the check before was a cheap early refusal,
             # and other requests may have taken the last places while the record was written.
@@ -236,9 +239,8 @@ class JobManager:
             raise
         if asynchronous:
             self._m_async.labels(job.route).inc()
-        # Nobody can watch a synchronous job (its id is never given out): no position to count for it.
-        position = await self.store.position(record) if asynchronous else None
-        await self._emit(record, "queued", {"position": position} if asynchronous else {})
+        # No "queued" event here: nobody can be subscribed to a job whose id is not given out yet. A stream
+        # opened later starts with the job's state (routes.py), its position included.
         return record, True
 
     def check_replay(self, earlier: JobRecord, digest: str | None) -> JobRecord:
@@ -249,11 +251,15 @@ class JobManager:
             )
         return earlier
 
-    def _forget(self, job_id: str) -> None:
+    def _drop_local(self, job_id: str) -> None:
+        """What this process holds of a job besides its outcome: nothing is left once it ran or left."""
         self._ephemeral.pop(job_id, None)
         self._works.pop(job_id, None)
         self._submitted.pop(job_id, None)
         self._uploads.pop(job_id, None)
+
+    def _forget(self, job_id: str) -> None:
+        self._drop_local(job_id)
         outcome = self._outcomes.pop(job_id, None)
         if outcome is not None and not outcome.done():
             outcome.cancel()
@@ -306,6 +312,15 @@ class JobManager:
                 outcome.set_exception(JobCanceled())
             raise
         except ImgPodError as exc:
+            if exc.status_code >= 500 and outcome is None:
+                # Nobody waits on a connection here (an async job, or one rebuilt after a restart or on
+                # another replica), so no error handler logs it: the cause is logged here, under the
+                # submitter's request id (the work runs in its context).
+                log.warning(
+                    "job failed",
+                    extra={"job_id": job_id, "code": exc.code, "stage": exc.stage, "detail": exc.detail},
+                    exc_info=exc,
+                )
             await self._finish(record, JobStatus.failed, from_=(JobStatus.running,), error=_reply_of(exc))
             if outcome is not None and not outcome.done():
                 outcome.set_exception(exc)
@@ -326,10 +341,7 @@ class JobManager:
             if outcome is not None and not outcome.done():
                 outcome.set_result(response)
         finally:
-            self._works.pop(job_id, None)
-            self._submitted.pop(job_id, None)
-            self._uploads.pop(job_id, None)
-            self._ephemeral.pop(job_id, None)
+            self._drop_local(job_id)
 
     def _progress_sink(self, record: JobRecord) -> Callable[[int, int], None]:
         loop = asyncio.get_running_loop()
@@ -393,19 +405,18 @@ class JobManager:
         outcome = self._outcomes.get(record.id)
         if outcome is None:
             return await self._wait_stored(record)
-        if not self.store.shared:
-            try:
-                return await asyncio.shield(outcome)
-            finally:
-                if outcome.done():
-                    self._outcomes.pop(record.id, None)
-        # On a shared store any replica may run it: the outcome here, or the record, whichever ends first.
-        stored = asyncio.ensure_future(self._wait_stored(record))
+        # The one waiter takes the outcome out however it ends: a waiter that went away leaves nothing behind.
         try:
-            await asyncio.wait({outcome, stored}, return_when=asyncio.FIRST_COMPLETED)
-            return outcome.result() if outcome.done() else stored.result()
+            if not self.store.shared:
+                return await asyncio.shield(outcome)
+            # On a shared store any replica may run it: the outcome here, or the record, whichever ends first.
+            stored = asyncio.ensure_future(self._wait_stored(record))
+            try:
+                await asyncio.wait({outcome, stored}, return_when=asyncio.FIRST_COMPLETED)
+                return outcome.result() if outcome.done() else stored.result()
+            finally:
+                stored.cancel()
         finally:
-            stored.cancel()
             self._outcomes.pop(record.id, None)
 
     async def _wait_stored(self, record: JobRecord) -> dict[str, Any]:
@@ -425,16 +436,14 @@ class JobManager:
         done = await self._finish(record, JobStatus.canceled, from_=(JobStatus.queued,))
         if done is not None:
             await self.dispatcher.withdraw(done)
-            self._ephemeral.pop(record.id, None)
             outcome = self._outcomes.get(record.id)
             if outcome is not None and not outcome.done():
                 outcome.set_exception(JobCanceled())
-            self._works.pop(record.id, None)
-            self._submitted.pop(record.id, None)
-            self._uploads.pop(record.id, None)
+            self._forget(record.id)
             return done
         if record.id in self._ephemeral:
             # Its waiter went away (the only one who knows its id): stop it here, no need to wait.
+            self._outcomes.pop(record.id, None)
             self.dispatcher.stop_local(record.id)
             return record
         async with self.store.subscribe(record.id) as events:
@@ -464,6 +473,11 @@ class JobManager:
         if due and record.status in TERMINAL and record.status is not JobStatus.expired:
             return await self._expire(record) or record
         return record
+
+    async def public_view(self, record: JobRecord) -> dict[str, Any]:
+        """``view`` with the position of a queued job (a store query, so only for a job that is queued)."""
+        position = await self.store.position(record) if record.status is JobStatus.queued else None
+        return self.view(record, position)
 
     def view(self, record: JobRecord, position: int | None = None) -> dict[str, Any]:
         """The public shape of a job (docs/JOBS.md): no owner, spec or upload."""

@@ -8,12 +8,13 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request
+from fastapi.responses import Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from services.interface.admission import owner_of
 from services.interface.jobs.manager import REREAD_S, JobManager
 from services.interface.jobs.records import TERMINAL_EVENT, JobEvent, JobRecord, JobStatus
 from shared.errors import ImgPodError
-from shared.service import KEY_ID
 
 router = APIRouter(tags=["jobs"])
 JobId = Annotated[str, Path(pattern=r"^job_[0-9a-f]{24}$", description="The id a 202 answered with")]
@@ -34,9 +35,17 @@ async def get_manager(request: Request) -> JobManager:
 ManagerDep = Annotated[JobManager, Depends(get_manager)]
 
 
-def owner_of(request: Request) -> str | None:
-    state = request.scope.get("state")
-    return state.get(KEY_ID) if state else None
+async def encode_json(data: dict[str, Any], *, large: bool) -> str:
+    """JSON text of a view or event; off the event loop when it carries a job's result (its images are
+    megabytes of base64, milliseconds of encoding)."""
+    return await asyncio.to_thread(json.dumps, data) if large else json.dumps(data)
+
+
+async def view_response(
+    view: dict[str, Any], status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    body = await encode_json(view, large="result" in view)
+    return Response(body, status_code=status_code, headers=headers, media_type="application/json")
 
 
 async def _job(manager: JobManager, job_id: str, request: Request) -> JobRecord:
@@ -46,24 +55,19 @@ async def _job(manager: JobManager, job_id: str, request: Request) -> JobRecord:
     return record
 
 
-async def _view(manager: JobManager, record: JobRecord) -> dict[str, Any]:
-    position = await manager.store.position(record) if record.status is JobStatus.queued else None
-    return manager.view(record, position)
-
-
 @router.get("/v1/jobs/{job_id}")
-async def get_job(job_id: JobId, request: Request, manager: ManagerDep) -> dict[str, Any]:
+async def get_job(job_id: JobId, request: Request, manager: ManagerDep) -> Response:
     """A job's state: queued (with its position), running (step / total), or how it ended, with the same body
     the synchronous route answers when it succeeded."""
-    return await _view(manager, await _job(manager, job_id, request))
+    return await view_response(await manager.public_view(await _job(manager, job_id, request)))
 
 
 @router.post("/v1/jobs/{job_id}/cancel")
-async def cancel_job(job_id: JobId, request: Request, manager: ManagerDep) -> dict[str, Any]:
+async def cancel_job(job_id: JobId, request: Request, manager: ManagerDep) -> Response:
     """Cancel: a queued job leaves the queue; a running one stops at the image worker's next step. Answers the
     job as it is afterwards (``canceled``, or how it ended if it finished first)."""
     record = await _job(manager, job_id, request)
-    return await _view(manager, await manager.cancel(record))
+    return await view_response(await manager.public_view(await manager.cancel(record)))
 
 
 @router.get("/v1/jobs/{job_id}/events", response_class=EventSourceResponse)
@@ -96,7 +100,7 @@ async def _events(manager: JobManager, job_id: str) -> AsyncIterator[ServerSentE
                 continue
             # ``at``: when the interface published it (unix seconds), so a client can see how late it came.
             data = {"id": job_id, "at": round(event.at, 4), **event.data}
-            yield ServerSentEvent(json.dumps(data), event=event.type)
+            yield ServerSentEvent(await encode_json(data, large="job" in data), event=event.type)
             if event.type in _TERMINAL_TYPES:
                 return
 
@@ -115,4 +119,4 @@ async def _snapshot(manager: JobManager, record: JobRecord) -> ServerSentEvent:
     else:
         data = {"job": manager.view(record)}
         kind = TERMINAL_EVENT[status]
-    return ServerSentEvent(json.dumps({"id": record.id, **data}), event=kind)
+    return ServerSentEvent(await encode_json({"id": record.id, **data}, large="job" in data), event=kind)

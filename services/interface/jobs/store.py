@@ -245,11 +245,8 @@ class SqliteJobStore(JobStore):
             except sqlite3.IntegrityError:
                 if record.idempotency_key is None:
                     raise
-            found = conn.execute(
-                "SELECT record, result FROM jobs WHERE coalesce(owner, '') = ? AND idempotency_key = ?",
-                (record.owner or "", record.idempotency_key),
-            ).fetchone()
-            earlier = _record(*found)
+            earlier = _find_idempotent(conn, record.owner, record.idempotency_key)
+            assert earlier is not None, "the unique index said this key is taken"
             if earlier.body_hash != record.body_hash:
                 raise IdempotencyConflict(
                     "this Idempotency-Key was used with another request body", param="Idempotency-Key"
@@ -265,13 +262,7 @@ class SqliteJobStore(JobStore):
         return _record(*row) if row else None
 
     async def find_idempotent(self, owner: str | None, key: str) -> JobRecord | None:
-        row = await self._run(
-            lambda conn: conn.execute(
-                "SELECT record, result FROM jobs WHERE coalesce(owner, '') = ? AND idempotency_key = ?",
-                (owner or "", key),
-            ).fetchone()
-        )
-        return _record(*row) if row else None
+        return await self._run(lambda conn: _find_idempotent(conn, owner, key))
 
     async def delete(self, job_id: str) -> None:
         await self._run(lambda conn: conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,)))
@@ -348,6 +339,14 @@ class SqliteJobStore(JobStore):
             ).fetchone()
         )
         return int(row[0])
+
+
+def _find_idempotent(conn: sqlite3.Connection, owner: str | None, key: str) -> JobRecord | None:
+    row = conn.execute(
+        "SELECT record, result FROM jobs WHERE coalesce(owner, '') = ? AND idempotency_key = ?",
+        (owner or "", key),
+    ).fetchone()
+    return _record(*row) if row else None
 
 
 def _dumps(value: Any) -> str | None:

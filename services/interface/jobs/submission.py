@@ -15,16 +15,16 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from pydantic import BaseModel
 
-from services.interface.admission import ClientGone, admit, wait_for_disconnect
+from services.interface.admission import ClientGone, admit, owner_of, wait_for_disconnect
 from services.interface.job_kinds import build_work
 from services.interface.jobs.manager import JobCanceled, JobManager, JobSpec, body_hash, job_urls
 from services.interface.jobs.records import JobRecord, JobRoute, Webhook
+from services.interface.jobs.routes import view_response
 from shared.errors import ImgPodError, ValidationFailed
 from shared.models import JobOptions
-from shared.service import KEY_ID
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 # Stripe's and the IETF draft's bounds: printable ASCII, at most 255 characters.
@@ -83,7 +83,7 @@ async def run_job(
     """
     state = request.app.state
     manager: JobManager = state.jobs
-    owner: str | None = request.scope.get("state", {}).get(KEY_ID)
+    owner = owner_of(request)
     asynchronous = wants_async(request)
     key = idempotency_key(request)
     work = await build_work(state.flows, route, spec, blob, request_model)
@@ -123,11 +123,10 @@ async def _answer(
     request: Request, manager: JobManager, record: JobRecord, asynchronous: bool, *, new: bool
 ) -> Any:
     if asynchronous:
-        position = await manager.store.position(record) if record.status.value == "queued" else None
         headers = {"Location": job_urls(record.id)["get"], "Preference-Applied": "respond-async"}
         if not new:
             headers["Idempotent-Replayed"] = "true"
-        return JSONResponse(manager.view(record, position), status_code=202, headers=headers)
+        return await view_response(await manager.public_view(record), 202, headers)
     return await _wait(request, manager, record)
 
 
