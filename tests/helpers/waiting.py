@@ -26,6 +26,19 @@ def wait_until(predicate: Callable[[], Any], timeout_s: float = HANG_TIMEOUT_S, 
     raise AssertionError(f"condition not met in {timeout_s:g} s: {what or predicate}")
 
 
+def health_after_loading(url: str, timeout_s: float = HANG_TIMEOUT_S) -> dict[str, Any]:
+    """A service's /healthz body once it has stopped loading (ok, or error)."""
+    seen: dict[str, Any] = {}
+
+    def settled() -> bool:
+        seen.clear()
+        seen.update(httpx.get(url + "/healthz", timeout=5).json())
+        return seen["status"] != "loading"
+
+    wait_until(settled, timeout_s, f"{url} finished loading")
+    return seen
+
+
 async def until(predicate: Callable[[], Any], timeout_s: float = HANG_TIMEOUT_S, what: str = "") -> None:
     """``wait_until`` for tests that run an event loop: yields to it between checks."""
     deadline = time.monotonic() + timeout_s

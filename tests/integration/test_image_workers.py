@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from devtools.service_process import ServiceProcess, all_running
 from shared.images import decode_base64_image as decode
 from shared.models import Features
 from shared.persona import describe_persona
+from tests.helpers.waiting import health_after_loading
 
 pytestmark = pytest.mark.integration
 
@@ -324,11 +324,7 @@ def test_wrong_role_route_is_404(workers: dict[str, ServiceProcess]) -> None:
 def test_missing_model_fails_visibly(tmp_path: Path) -> None:
     env = image_env(tmp_path / "no-such-model")
     with ServiceProcess("services.chat1to1_worker.main", env=env, expect_status=503) as proc:
-        health = proc.wait_for_health(503).json()
-        deadline = time.monotonic() + 60
-        while health["status"] == "loading" and time.monotonic() < deadline:
-            time.sleep(0.2)
-            health = httpx.get(proc.url + "/healthz").json()
+        health = health_after_loading(proc.url)
         assert health["status"] == "error"
         assert health["detail"] == "the image model's files were not found on this worker"
         # The public name is the directory's last component; the server path never shows.
@@ -385,11 +381,7 @@ def test_truncated_model_file_is_a_health_error(tiny_models: dict[str, Path], tm
     with weights.open("r+b") as f:
         f.truncate(weights.stat().st_size - 1000)
     with ServiceProcess("services.chat1to1_worker.main", env=image_env(model), expect_status=503) as proc:
-        health = proc.wait_for_health(503).json()
-        deadline = time.monotonic() + 60
-        while health["status"] == "loading" and time.monotonic() < deadline:
-            time.sleep(0.2)
-            health = httpx.get(proc.url + "/healthz").json()
+        health = health_after_loading(proc.url)
         assert health["status"] == "error"
         assert health["detail"] == (
             "the image model's files on this worker are incomplete or truncated; fetch them again"

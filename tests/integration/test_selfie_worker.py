@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from tests.helpers.photos import (
     truncated_jpeg,
     two_people,
 )
+from tests.helpers.waiting import health_after_loading
 
 pytestmark = pytest.mark.integration
 
@@ -265,10 +265,7 @@ def test_missing_weights_without_fallback_fail_start_up_clearly(
         tiny_models, tmp, SELFIE_DETECTOR_WEIGHTS=missing_weights(tmp), SELFIE_DETECTOR_FALLBACK="false"
     )
     with ServiceProcess(MODULE, env=env, log_dir=tmp, expect_status=503) as svc:
-        deadline = time.monotonic() + 60
-        while (body := httpx.get(f"{svc.url}/healthz", timeout=5).json())["status"] == "loading":
-            assert time.monotonic() < deadline, "still loading"
-            time.sleep(0.2)
+        body = health_after_loading(svc.url)
         assert body["status"] == "error"
         assert "DetectorUnavailable" in body["detail"] and str(tmp) not in body["detail"]
         resp = analyze(svc, encode(astronaut()))
@@ -284,10 +281,7 @@ def test_model_load_failure_keeps_process_up(
     tmp = tmp_path_factory.mktemp("selfie-broken")
     env = worker_env(tiny_models, tmp, SELFIE_VLM_MODEL=str(tmp / "no-such-model"))
     with ServiceProcess(MODULE, env=env, log_dir=tmp, expect_status=503) as svc:
-        deadline = time.monotonic() + 60
-        while (body := httpx.get(f"{svc.url}/healthz", timeout=5).json())["status"] == "loading":
-            assert time.monotonic() < deadline, "still loading"
-            time.sleep(0.2)
+        body = health_after_loading(svc.url)
         assert body["status"] == "error" and body["detail"]
         resp = analyze(svc, encode(astronaut()))
         assert resp.status_code == 503
