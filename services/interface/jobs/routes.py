@@ -15,6 +15,7 @@ from services.interface.admission import owner_of
 from services.interface.jobs.manager import REREAD_S, JobManager
 from services.interface.jobs.records import TERMINAL_EVENT, JobEvent, JobRecord, JobStatus
 from shared.errors import ImgPodError
+from shared.offload import off_loop_if
 
 router = APIRouter(tags=["jobs"])
 JobId = Annotated[str, Path(pattern=r"^job_[0-9a-f]{24}$", description="The id a 202 answered with")]
@@ -36,9 +37,8 @@ ManagerDep = Annotated[JobManager, Depends(get_manager)]
 
 
 async def encode_json(data: dict[str, Any], *, large: bool) -> str:
-    """JSON text of a view or event; off the event loop when it carries a job's result (its images are
-    megabytes of base64, milliseconds of encoding)."""
-    return await asyncio.to_thread(json.dumps, data) if large else json.dumps(data)
+    """JSON text of a view or event; ``large`` when it carries a job's result (megabytes of base64)."""
+    return await off_loop_if(large, json.dumps, data)
 
 
 async def view_response(

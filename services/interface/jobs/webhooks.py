@@ -32,6 +32,7 @@ import httpx
 from services.interface.jobs.records import EventType, JobEvent, JobRecord, WebhookEvent
 from shared.errors import ValidationFailed
 from shared.metrics import ServiceMetrics
+from shared.offload import INLINE_BYTES, off_loop_if
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,6 @@ TERMINAL_STATUS: dict[EventType, str] = {
 
 MAX_URL_CHARS = 2048
 MIN_SECRET_BYTES = 24
-# Bodies above this are encoded and signed off the event loop (a job view can carry a result).
-INLINE_BODY_BYTES = 64 * 1024
 _HOST_NAME = re.compile(
     r"^(?=.{1,253}$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9])?)(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9])?)*$"
 )
@@ -466,11 +465,11 @@ class WebhookSender:
         if delivery.body is None:
             # Built once, at the first attempt: every retry sends the same bytes under the same Webhook-Id.
             delivery.payload["sent_at"] = round(time.time(), 3)
-            delivery.body = await _off_loop_if_large("job" in delivery.payload, _encode, delivery.payload)
+            delivery.body = await off_loop_if("job" in delivery.payload, _encode, delivery.payload)
         timestamp = str(int(time.time()))
         body = delivery.body
-        sig = await _off_loop_if_large(
-            len(body) > INLINE_BODY_BYTES, signature, self._secret, delivery.id, timestamp, body
+        sig = await off_loop_if(
+            len(body) > INLINE_BYTES, signature, self._secret, delivery.id, timestamp, body
         )
         headers = {
             "Host": target.url.netloc.decode("ascii"),
@@ -529,10 +528,6 @@ def _payload(event: JobEvent, kind: WebhookEvent) -> dict[str, Any]:
     if "job" in event.data:
         payload["job"] = event.data["job"]
     return payload
-
-
-async def _off_loop_if_large(large: bool, fn: Callable[..., Any], *args: Any) -> Any:
-    return await asyncio.to_thread(fn, *args) if large else fn(*args)
 
 
 def _retry_after_s(value: str | None) -> float | None:
