@@ -24,12 +24,15 @@ MAX_STEPS = 50
 MAX_GUIDANCE = 20.0
 # Images per request: one worker call, generated in one batched pipeline call.
 MAX_IMAGES = 4
+# Partial images a request may ask for: OpenAI's ``partial_images`` bound. Each is one more VAE decode.
+MAX_PARTIAL_IMAGES = 3
 # Seeds are 32-bit so any seed a response reports can be sent back as a request's seed.
 SEED_SPACE = 2**32
 
 Steps = Annotated[int, Field(ge=1, le=MAX_STEPS)]
 GuidanceScale = Annotated[float, Field(ge=0.0, le=MAX_GUIDANCE)]
 ImageCount = Annotated[int, Field(ge=1, le=MAX_IMAGES)]
+PartialImages = Annotated[int, Field(ge=0, le=MAX_PARTIAL_IMAGES)]
 
 
 def image_seeds(seed: int, n: int) -> list[int]:

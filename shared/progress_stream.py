@@ -7,9 +7,11 @@ pipeline at its next step). A caller that does not ask for the stream (no ``Acce
 gets the plain JSON answer, as before.
 
 Lines, in order: any number of ``{"type": "progress", "step": s, "total": t}`` (s = 1..t, one per denoising
-step of the request's pipeline call), then exactly one ``{"type": "result", "status": 200, "body": {...}}``
-(the body the plain call answers) or ``{"type": "error", "status": 4xx/5xx, "body": {...}, "headers": {...}}``
-(the error body and headers the plain call would answer: Retry-After of a 429 travels in ``headers``). An
+step of the request's pipeline call) and, for a request with ``partial_images``, lines that add
+``"partial_image": "<base64 PNG>"`` (the first image as step s left it; after that step's own line), then
+exactly one ``{"type": "result", "status": 200, "body": {...}}`` (the body the plain call answers) or
+``{"type": "error", "status": 4xx/5xx, "body": {...}, "headers": {...}}`` (the error body and headers the
+plain call would answer: Retry-After of a 429 travels in ``headers``). An
 error found before the stream starts (validation, a full worker) is a plain HTTP error response instead,
 exactly as without the stream.
 """
@@ -27,6 +29,8 @@ MEDIA_TYPE = "application/x-ndjson"
 class Progress:
     step: int
     total: int
+    # A partial image (base64 PNG) of the request's first image after ``step``.
+    partial_image: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +48,12 @@ def progress_line(step: int, total: int) -> bytes:
     return b'{"type":"progress","step":%d,"total":%d}\n' % (step, total)
 
 
+def partial_line(step: int, total: int, image_base64: str) -> bytes:
+    # Base64 needs no JSON escaping: the line is put together without encoding megabytes of JSON.
+    head = b'{"type":"progress","step":%d,"total":%d,"partial_image":"' % (step, total)
+    return head + image_base64.encode("ascii") + b'"}\n'
+
+
 def result_line(body: dict[str, Any]) -> bytes:
     return json.dumps({"type": "result", "status": 200, "body": body}, separators=(",", ":")).encode() + b"\n"
 
@@ -58,7 +68,10 @@ def parse_line(line: str | bytes) -> Progress | Final:
         obj = json.loads(line)
         kind = obj["type"]
         if kind == "progress":
-            return Progress(int(obj["step"]), int(obj["total"]))
+            partial = obj.get("partial_image")
+            if partial is not None and not isinstance(partial, str):
+                raise TypeError("partial_image is not a string")
+            return Progress(int(obj["step"]), int(obj["total"]), partial)
         if kind in ("result", "error"):
             body = obj["body"]
             if not isinstance(body, dict):

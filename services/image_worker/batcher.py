@@ -22,18 +22,26 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from PIL import Image
 
 from services.image_worker.batch_policy import BatchPolicy
-from services.image_worker.pipeline import DevicePipeline, GenerationCanceled, ImageJob, StepListener
+from services.image_worker.pipeline import (
+    DevicePipeline,
+    GenerationCanceled,
+    ImageJob,
+    PreviewListener,
+    StepListener,
+)
 from shared.errors import InferenceFailed
 from shared.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
 # (steps done, steps in the call), called on the event loop.
 ProgressListener = Callable[[int, int], None]
+# (step, steps in the call, the job's first image as that step leaves it), called on the event loop.
+PartialListener = Callable[[int, int, Image.Image], None]
 
 
 @dataclass(slots=True)
@@ -57,12 +65,14 @@ class _Pending:
     job: ImageJob
     future: asyncio.Future[ImageResult]
     on_progress: ProgressListener | None = None
+    on_partial: PartialListener | None = None
     # Set on the loop when the submitter goes away; read by the pipeline's thread at each step (a plain
     # attribute: one writer, and a reader that only needs to see it by the next step).
     canceled: bool = False
     # The last step passed on: a call retried after a failed batch starts again at step 1, and the
     # submitter hears each step once, in order.
     reported: int = 0
+    partial_reported: int = 0
     enqueued: float = field(default_factory=time.perf_counter)
 
 
@@ -125,10 +135,16 @@ class Batcher:
             if not item.future.done():
                 item.future.set_exception(InferenceFailed("worker is shutting down"))
 
-    async def submit(self, job: ImageJob, on_progress: ProgressListener | None = None) -> ImageResult:
-        """The job's images; ``on_progress(step, total)`` hears each denoising step of its pipeline call."""
+    async def submit(
+        self,
+        job: ImageJob,
+        on_progress: ProgressListener | None = None,
+        on_partial: PartialListener | None = None,
+    ) -> ImageResult:
+        """The job's images; ``on_progress(step, total)`` hears each denoising step of its pipeline call,
+        ``on_partial(step, total, image)`` gets its partial images (``job.previews``)."""
         future: asyncio.Future[ImageResult] = asyncio.get_running_loop().create_future()
-        item = _Pending(job, future, on_progress)
+        item = _Pending(job, future, on_progress, on_partial)
         async with self._cond:
             self._pending.append(item)
             self.m_depth.set(len(self._pending))
@@ -213,9 +229,16 @@ class Batcher:
         def canceled() -> list[int]:
             return [index for index, item in enumerate(batch) if item.canceled]
 
+        def partial(index: int, step: int, total: int, image: Image.Image) -> None:
+            loop.call_soon_threadsafe(self._relay_partial, batch[index], step, total, image)
+
+        # No listener, no decode: a job's previews are only made for a submitter that takes them.
+        wants_partials = any(p.on_partial and p.job.previews for p in batch)
+        on_preview: PreviewListener | None = partial if wants_partials else None
+        jobs = [p.job if p.on_partial else replace(p.job, previews=()) for p in batch]
         before = pipe.image_steps
         try:
-            return await asyncio.to_thread(pipe.run, [p.job for p in batch], on_step, canceled)
+            return await asyncio.to_thread(pipe.run, jobs, on_step, canceled, on_preview)
         finally:
             self.m_steps.inc(pipe.image_steps - before)
 
@@ -229,6 +252,16 @@ class Batcher:
             except Exception:
                 # A listener's fault must not reach the other jobs of the call.
                 log.exception("progress listener failed")
+
+    def _relay_partial(self, item: _Pending, step: int, total: int, image: Image.Image) -> None:
+        # A retried call makes its partial images again: each is passed on once, like the steps.
+        if item.on_partial is None or item.future.done() or step <= item.partial_reported:
+            return
+        item.partial_reported = step
+        try:
+            item.on_partial(step, total, image)
+        except Exception:
+            log.exception("partial image listener failed")
 
     async def _serve(self, pipe: DevicePipeline, label: str, batch: list[_Pending]) -> None:
         started = time.perf_counter()

@@ -6,8 +6,11 @@ import asyncio
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
+
+from PIL import Image
 
 from services.image_worker.batcher import Batcher, ImageResult, ProgressListener
 from services.image_worker.devices import resolve_devices
@@ -19,9 +22,11 @@ from services.image_worker.pipeline import (
     ImageJob,
     ModelLoadError,
     ModelMissing,
+    preview_steps,
 )
 from services.image_worker.settings import ImageSettings
 from shared.errors import InferenceTimeout, ModelUnavailable, Overloaded, PolicyBlocked, ValidationFailed
+from shared.images import encode_image_base64
 from shared.metrics import ServiceMetrics
 from shared.models import MAX_SEED
 from shared.public_names import public_model_id
@@ -29,6 +34,8 @@ from shared.roles import RoleName, policy_for
 from shared.test_hooks import Gate
 
 log = logging.getLogger(__name__)
+# (step, steps in the call, the partial image as base64 PNG), called on the event loop.
+PartialImageListener = Callable[[int, int, str], None]
 EngineState = Literal["loading", "ok", "error"]
 
 
@@ -43,6 +50,8 @@ class GenerationParams:
     guidance_scale: float | None
     # Images of this prompt, made in one pipeline call with seeds seed, seed+1, ...
     n: int = 1
+    # Partial images of the first image, taken during the denoising (``preview_steps``).
+    partial_images: int = 0
 
 
 @dataclass(slots=True)
@@ -82,6 +91,9 @@ class ImageEngine:
         self._mean_request_s = 1.0
         self.m_unsafe = metrics.counter(
             "imgpod_output_safety_blocked_total", "Generated images withheld as unsafe"
+        )
+        self.m_partials = metrics.counter(
+            "imgpod_partial_images_total", "Partial images taken during denoising, by outcome", ("outcome",)
         )
 
     def checks_output(self, route_role: RoleName) -> bool:
@@ -202,13 +214,20 @@ class ImageEngine:
         # At guidance 0 the pipeline never encodes the negative prompt; dropping it here also lets the job
         # batch with jobs that have none.
         negative = params.negative_prompt.strip() if params.negative_prompt and guidance > 0 else None
-        return ImageJob(params.prompt, negative or None, seed, width, height, steps, guidance, params.n)
+        previews = preview_steps(steps, params.partial_images) if params.partial_images else ()
+        return ImageJob(
+            params.prompt, negative or None, seed, width, height, steps, guidance, params.n, previews
+        )
 
     async def generate(
-        self, params: GenerationParams, route_role: RoleName, on_progress: ProgressListener | None = None
+        self,
+        params: GenerationParams,
+        route_role: RoleName,
+        on_progress: ProgressListener | None = None,
+        on_partial: PartialImageListener | None = None,
     ) -> Generated:
         """``admit`` then ``run_admitted``; ``on_progress(step, total)`` hears each denoising step."""
-        return await self.run_admitted(self.admit(params), route_role, on_progress)
+        return await self.run_admitted(self.admit(params), route_role, on_progress, on_partial)
 
     def admit(self, params: GenerationParams) -> Admission:
         """Every refusal that comes before the work (not ready, invalid, the worker's 429), raised here.
@@ -240,24 +259,58 @@ class ImageEngine:
         self._mean_request_s += 0.2 * (time.perf_counter() - admission.started - self._mean_request_s)
 
     async def run_admitted(
-        self, admission: Admission, route_role: RoleName, on_progress: ProgressListener | None = None
+        self,
+        admission: Admission,
+        route_role: RoleName,
+        on_progress: ProgressListener | None = None,
+        on_partial: PartialImageListener | None = None,
     ) -> Generated:
-        """The generation; cancelling it (the caller went away) stops the job at its pipeline's next step."""
+        """The generation; cancelling it (the caller went away) stops the job at its pipeline's next step.
+
+        ``on_partial(step, total, b64_png)`` gets the job's partial images, each one through the same pixel
+        check as the final images on a route that has it (a partial image that fails it is withheld, and the
+        final images are checked as always). Every partial image is passed on before this returns.
+        """
+        partials = _Partials(self, self.checks_output(route_role), on_partial) if on_partial else None
         try:
-            return await self._generate(
-                admission.batcher, admission.job, self.checks_output(route_role), on_progress
+            generated = await self._generate(
+                admission.batcher,
+                admission.job,
+                self.checks_output(route_role),
+                on_progress,
+                partials.take if partials else None,
             )
+        except BaseException:
+            if partials is not None:
+                partials.drop()
+            raise
         finally:
             self.release(admission)
+        if partials is not None:
+            await partials.flush()
+        return generated
+
+    def partial_payload(self, image: Image.Image, check_pixels: bool) -> str | None:
+        """A partial image as base64 PNG, or None when the pixel check withholds it (run in a thread)."""
+        if check_pixels:
+            assert self.safety is not None, "loaded at start-up for every route role that checks pixels"
+            if not self.safety.check(image).safe:
+                return None
+        return encode_image_base64(image, "png")
 
     async def _generate(
-        self, batcher: Batcher, job: ImageJob, check_pixels: bool, on_progress: ProgressListener | None
+        self,
+        batcher: Batcher,
+        job: ImageJob,
+        check_pixels: bool,
+        on_progress: ProgressListener | None,
+        on_partial: Callable[[int, int, Image.Image], None] | None = None,
     ) -> Generated:
         if self.gate is not None:
             await self.gate.passthrough()
         try:
             result = await asyncio.wait_for(
-                batcher.submit(job, on_progress), self.settings.inference_timeout_s
+                batcher.submit(job, on_progress, on_partial), self.settings.inference_timeout_s
             )
         except TimeoutError as exc:
             raise InferenceTimeout(
@@ -279,6 +332,44 @@ class ImageEngine:
         tokens = result.prompt_tokens
         truncated = tokens > self._pipelines[0].max_sequence_length
         return Generated(result, job, tokens, truncated, safety_checked=check_pixels)
+
+
+class _Partials:
+    """A generation's partial images on their way out: checked and encoded in a thread, in step order."""
+
+    def __init__(self, engine: ImageEngine, check_pixels: bool, listener: PartialImageListener) -> None:
+        self.engine = engine
+        self.check_pixels = check_pixels
+        self.listener = listener
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def take(self, step: int, total: int, image: Image.Image) -> None:
+        # Chained on the previous one, so the listener hears them in step order.
+        previous = self.tasks[-1] if self.tasks else None
+        self.tasks.append(asyncio.create_task(self._send(previous, step, total, image)))
+
+    async def _send(
+        self, previous: asyncio.Task[None] | None, step: int, total: int, image: Image.Image
+    ) -> None:
+        payload = await asyncio.to_thread(self.engine.partial_payload, image, self.check_pixels)
+        if previous is not None:
+            await asyncio.wait({previous})
+        if payload is None:
+            self.engine.m_partials.labels("withheld").inc()
+            return
+        self.engine.m_partials.labels("sent").inc()
+        self.listener(step, total, payload)
+
+    def drop(self) -> None:
+        """The generation failed or was cancelled: its partial images go nowhere."""
+        for task in self.tasks:
+            task.cancel()
+
+    async def flush(self) -> None:
+        """Every partial image passed on (or found withheld) before the final answer goes out."""
+        for outcome in await asyncio.gather(*self.tasks, return_exceptions=True):
+            if isinstance(outcome, Exception):
+                log.warning("partial image failed", exc_info=outcome)
 
 
 class SafetyCheckerUnavailable(ModelLoadError):

@@ -39,6 +39,15 @@ _CAPTION_PAD = 32
 StepListener = Callable[[int, int], None]
 # Called on the pipeline's thread: the indexes (in the call's job list) of the jobs whose callers went away.
 CancelCheck = Callable[[], Collection[int]]
+# Called on the pipeline's thread with a partial image: (job index in the call, step, steps, image).
+PreviewListener = Callable[[int, int, int, Image.Image], None]
+
+
+def preview_steps(total_steps: int, partial_images: int) -> tuple[int, ...]:
+    """The steps after which a job's partial images are taken: evenly spread, never the last step (that one
+    is the image itself). Fewer than asked when the steps are too few; the OpenAI API allows that."""
+    wanted = {round(total_steps * j / (partial_images + 1)) for j in range(1, partial_images + 1)}
+    return tuple(sorted(step for step in wanted if 0 < step < total_steps))
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +61,9 @@ class ImageJob:
     guidance_scale: float
     # Images of this prompt, seeds seed, seed+1, ... (``image_seeds``): all in the same pipeline call.
     count: int = 1
+    # Steps after which the job's first image is decoded as a partial image (``preview_steps``); not part of
+    # the batch key: a preview is a decode of one row, whatever the call's other jobs do.
+    previews: tuple[int, ...] = ()
 
     def batch_key(self) -> tuple[int, int, int, float, bool]:
         """Jobs that agree on this run as one pipeline call."""
@@ -95,6 +107,8 @@ class StepHook:
         guided: bool,
         on_step: StepListener | None = None,
         canceled: CancelCheck | None = None,
+        previews: dict[int, tuple[int, ...]] | None = None,
+        on_preview: PreviewListener | None = None,
     ) -> None:
         self.row_jobs = list(row_jobs)
         self.jobs = frozenset(row_jobs)
@@ -105,6 +119,16 @@ class StepHook:
         self.gone: frozenset[int] = frozenset()
         # Image-steps run: one per row per step, so a canceled job's rows stop counting when they leave.
         self.denoised = 0
+        # step -> jobs that want a partial image after it.
+        self.previews: dict[int, list[int]] = {}
+        if on_preview is not None:
+            for job, steps in (previews or {}).items():
+                for step in steps:
+                    self.previews.setdefault(step, []).append(job)
+        self.on_preview = on_preview
+        # The latents before this step, row for row with ``row_jobs``: with them a partial image is the
+        # step's estimate of the clean image rather than the noisy latents (see ``clean_estimate``).
+        self.previous: Any = None
 
     def __call__(self, pipe: Any, step_index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -116,9 +140,25 @@ class StepHook:
                 raise GenerationCanceled(f"all {len(self.jobs)} jobs canceled after step {step_index + 1}")
             if self.gone and not self.guided:
                 out = self.drop_rows(tensors)
+        if self.previews:
+            self.preview(pipe, step_index, tensors, out)
         if self.on_step is not None:
             self.on_step(step_index + 1, self.total_steps)
         return out
+
+    def preview(self, pipe: Any, step_index: int, tensors: dict[str, Any], out: dict[str, Any]) -> None:
+        """Decode the first image of each job that wants a partial image after this step."""
+        step = step_index + 1
+        latents = out.get("latents", tensors["latents"])
+        wanted = [job for job in self.previews.get(step, ()) if job not in self.gone]
+        if wanted and self.on_preview is not None:
+            clean = clean_estimate(pipe.scheduler, step_index, latents, self.previous)
+            for job in wanted:
+                row = self.row_jobs.index(job)
+                self.on_preview(job, step, self.total_steps, decode_latents(pipe, clean[row : row + 1]))
+        # Kept only while a later step still has a preview to make; rows as they go into the next step.
+        later = any(s > step for s in self.previews)
+        self.previous = latents if later else None
 
     def drop_rows(self, tensors: dict[str, Any]) -> dict[str, Any]:
         """The call's tensors without the rows of canceled jobs; {} when none of them is left in the call.
@@ -137,6 +177,32 @@ class StepHook:
         self.row_jobs = [self.row_jobs[row] for row in keep]
         index = torch.tensor(keep, device=latents.device)
         return {"latents": latents.index_select(0, index), "prompt_embeds": [embeds[row] for row in keep]}
+
+
+def clean_estimate(scheduler: Any, step_index: int, latents: Any, previous: Any) -> Any:
+    """The clean latents the flow-matching step points at, from the latents before and after it.
+
+    FlowMatchEulerDiscreteScheduler steps ``x' = x + (s' - s) v`` with ``x = (1 - s) x0 + s noise`` and
+    ``v = noise - x0``, so ``x0 = x' - s' v``. Without the latents before the step (the first step, rows
+    that changed, or a stochastic scheduler) the latents themselves are the estimate: a noisier preview.
+    """
+    sigmas = getattr(scheduler, "sigmas", None)
+    stochastic = bool(getattr(getattr(scheduler, "config", None), "stochastic_sampling", False))
+    if previous is None or sigmas is None or stochastic or previous.shape != latents.shape:
+        return latents
+    sigma, sigma_next = float(sigmas[step_index]), float(sigmas[step_index + 1])
+    if sigma == sigma_next:
+        return latents
+    velocity = (latents - previous) / (sigma_next - sigma)
+    return latents - sigma_next * velocity
+
+
+def decode_latents(pipe: Any, latents: Any) -> Image.Image:
+    """One row of latents as a PIL image, decoded exactly as ZImagePipeline decodes its output."""
+    vae = pipe.vae
+    scaled = latents.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
+    decoded = vae.decode(scaled, return_dict=False)[0]
+    return pipe.image_processor.postprocess(decoded, output_type="pil")[0]
 
 
 class ModelMissing(ModelLoadError):
@@ -263,15 +329,17 @@ class DevicePipeline:
         jobs: list[ImageJob],
         on_step: StepListener | None = None,
         canceled: CancelCheck | None = None,
+        on_preview: PreviewListener | None = None,
     ) -> tuple[list[list[Image.Image]], list[int]]:
         """One pipeline call for the batch; returns each job's images and each prompt's token count.
 
         A job of ``count`` images is ``count`` entries of the call, one generator (one seed) each, rather
         than ``num_images_per_prompt``: that argument is per call, and one call mixes jobs of any count.
         ``on_step`` hears every denoising step; a job in ``canceled()`` gets no images (an empty list), and
-        when every job is, the call raises ``GenerationCanceled`` at the next step. Live jobs get the images
-        their seeds make whatever their neighbours do: a canceled neighbour's rows leave the call, never
-        move into another job's place.
+        when every job is, the call raises ``GenerationCanceled`` at the next step. ``on_preview`` gets each
+        job's partial images (``ImageJob.previews``), decoded on this thread between steps. Live jobs get
+        the images their seeds make whatever their neighbours do: a canceled neighbour's rows leave the
+        call, never move into another job's place.
         """
         if canceled is not None and len(frozenset(canceled()) & frozenset(range(len(jobs)))) == len(jobs):
             raise GenerationCanceled(f"all {len(jobs)} jobs canceled before the call")
@@ -297,6 +365,8 @@ class DevicePipeline:
             guided=first.guidance_scale > 0,
             on_step=on_step,
             canceled=canceled,
+            previews={index: job.previews for index, job in enumerate(jobs) if job.previews},
+            on_preview=on_preview,
         )
         started = time.perf_counter()
         try:

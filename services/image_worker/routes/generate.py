@@ -21,7 +21,7 @@ from starlette.background import BackgroundTask
 
 from services.image_worker.batcher import ProgressListener
 from services.image_worker.deps import EngineDep
-from services.image_worker.engine import Admission, GenerationParams, ImageEngine
+from services.image_worker.engine import Admission, GenerationParams, ImageEngine, PartialImageListener
 from services.image_worker.moderation import check_negative_prompt, moderate
 from services.image_worker.profile_prompt import build_profile_prompt
 from services.image_worker.settings import Role
@@ -34,7 +34,7 @@ from shared.models import (
     ImageFormat,
     ProfileGenerateRequest,
 )
-from shared.progress_stream import MEDIA_TYPE, error_line, progress_line, result_line
+from shared.progress_stream import MEDIA_TYPE, error_line, partial_line, progress_line, result_line
 from shared.request_context import get_request_id
 from shared.roles import RoleName
 
@@ -82,6 +82,9 @@ async def progress_lines(
     def on_progress(step: int, total: int) -> None:
         queue.put_nowait(progress_line(step, total))
 
+    def on_partial(step: int, total: int, image_base64: str) -> None:
+        queue.put_nowait(partial_line(step, total, image_base64))
+
     task = asyncio.create_task(
         run_generation(
             engine,
@@ -90,10 +93,12 @@ async def progress_lines(
             route_role=route_role,
             soft_blocked=soft_blocked,
             on_progress=on_progress,
+            on_partial=on_partial,
         )
     )
     # After the last step's line: the batcher relays steps with call_soon_threadsafe before the pipeline
-    # call returns, so they are queued before the task can finish.
+    # call returns, and run_admitted passes on every partial image before it returns, so they are all
+    # queued before the task can finish.
     task.add_done_callback(lambda _: queue.put_nowait(None))
     try:
         while (line := await queue.get()) is not None:
@@ -138,9 +143,10 @@ async def run_generation(
     route_role: RoleName,
     soft_blocked: bool = False,
     on_progress: ProgressListener | None = None,
+    on_partial: PartialImageListener | None = None,
 ) -> GenerateResponse:
     started = time.perf_counter()
-    generated = await engine.run_admitted(admission, route_role, on_progress)
+    generated = await engine.run_admitted(admission, route_role, on_progress, on_partial)
     encode_started = time.perf_counter()
     # 200-400 ms for a 1024x1024 PNG: on the loop it would stall /healthz past the interface's probe timeout.
     encoded = await asyncio.to_thread(
@@ -188,6 +194,7 @@ def params_from(req: GenerateRequest, prompt: str | None = None) -> GenerationPa
         steps=req.steps,
         guidance_scale=req.guidance_scale,
         n=req.n,
+        partial_images=req.partial_images,
     )
 
 
