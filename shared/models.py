@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from shared.image_params import GuidanceScale, ImageCount, Steps
+from shared.image_params import GuidanceScale, ImageCount, PartialImages, Steps
 from shared.styles import StyleName
 
 MAX_PROMPT_CHARS = 2000
@@ -117,6 +117,10 @@ class ImageParams(StrictModel):
     steps: Steps | None = None
     guidance_scale: GuidanceScale | None = None
     n: ImageCount = 1
+    # Partial images of the first image, decoded during the denoising: sent as ``partial_image`` on the
+    # job's progress events (docs/JOBS.md) and as OpenAI's partial-image events. Nobody sees them on a
+    # request waited for without a stream, so leave it 0 there.
+    partial_images: PartialImages = 0
 
 
 WebhookEventName = Literal["start", "progress", "completed"]

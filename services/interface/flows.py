@@ -142,7 +142,9 @@ def with_style(prompt: str, style: StyleName | None) -> str:
 def generation_fields(req: ImageParams) -> dict[str, Any]:
     """The generation knobs as an image worker takes them (its GenerateRequest), unset ones left out."""
     return req.model_dump(
-        include={"negative_prompt", "width", "height", "steps", "guidance_scale", "n"}, exclude_none=True
+        include={"negative_prompt", "width", "height", "steps", "guidance_scale", "n", "partial_images"},
+        exclude_none=True,
+        exclude_defaults=True,
     )
 
 

@@ -56,7 +56,7 @@ from shared.progress_stream import BadStreamLine, Final, Progress, parse_line
 log = logging.getLogger(__name__)
 ProbeOutcome = Literal["ok", "not_ready", "unreachable"]
 # Called with (step, total) for each progress line of a streamed call, on the event loop: it must be quick.
-OnProgress = Callable[[int, int], None]
+OnProgress = Callable[[Progress], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,8 +247,8 @@ class WorkerPool:
         """Call one worker; retry once on another worker when the first did no work, was busy, or was lost.
 
         With ``on_progress`` the worker is asked for its progress stream (shared/progress_stream.py) and
-        ``on_progress(step, total)`` runs for each step as it arrives; see ``_streamed``. A call retried on
-        another worker reports that worker's steps from 1 again.
+        ``on_progress(progress)`` runs for each step (and partial image) as it arrives; see ``_streamed``.
+        A call retried on another worker reports that worker's steps from 1 again.
         """
 
         def attempt(worker: Worker) -> Awaitable[dict[str, Any]]:
@@ -422,7 +422,7 @@ class WorkerPool:
                         except BadStreamLine as exc:
                             raise _BrokenStream("sent a line outside the protocol") from exc
                         if isinstance(item, Progress):
-                            on_progress(item.step, item.total)
+                            on_progress(item)
                         else:
                             # Read on to the end (the worker ends the stream right after this line), so the
                             # connection goes back to the keep-alive pool instead of being closed.

@@ -8,6 +8,8 @@ route takes the same job path (services/interface/jobs/submission.py); test_e2e_
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import threading
 from collections.abc import Iterator
@@ -16,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from PIL import Image
 
 from devtools.service_process import ServiceProcess, all_running
 from tests.helpers.waiting import WorkerGate, wait_until
@@ -149,6 +152,20 @@ def test_events_of_a_job_watched_from_submission(api: ServiceProcess, gate: Work
     names = [name for name, _ in events]
     assert names[0] == "started" and names[-1] == "completed"
     assert [data["step"] for name, data in events if name == "progress"] == [1, 2, 3, 4, 5]
+
+
+def test_partial_images_ride_on_the_progress_events(api: ServiceProcess, gate: WorkerGate) -> None:
+    _, events = watched_from_the_start(api, api, gate, {**BODY, "steps": 6, "seed": 14, "partial_images": 2})
+    progress = [data for name, data in events if name == "progress"]
+    # Every step once, and after steps 2 and 4 the image as far as it got (a PNG of the asked size).
+    assert [d["step"] for d in progress if "partial_image" not in d] == [1, 2, 3, 4, 5, 6]
+    partials = [d for d in progress if "partial_image" in d]
+    assert [(d["step"], d["total"]) for d in partials] == [(2, 6), (4, 6)]
+    for d in partials:
+        image = Image.open(io.BytesIO(base64.b64decode(d["partial_image"])))
+        assert image.format == "PNG" and image.size == (64, 64)
+    final = events[-1][1]["job"]["result"]["image_base64"]
+    assert final not in {d["partial_image"] for d in partials}
 
 
 def test_cancel_a_queued_job_and_a_running_one(api: ServiceProcess, gate: WorkerGate) -> None:

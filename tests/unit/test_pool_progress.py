@@ -90,7 +90,7 @@ def make_pool(procs: list[ServiceProcess], *, bound: int = 4, **config: Any) -> 
 async def call(
     pool: WorkerPool, steps: int = 3, seen: Steps | None = None, *, timeout_s: float = 30, tag: str = ""
 ) -> dict[str, Any]:
-    on_progress = None if seen is None else (lambda s, t: seen.append((s, t)))
+    on_progress = None if seen is None else (lambda p: seen.append((p.step, p.total)))
     return await pool.request(
         "POST",
         "/v1/generate",

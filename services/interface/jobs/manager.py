@@ -44,6 +44,7 @@ from services.interface.jobs.records import (
 from services.interface.jobs.store import IdempotencyConflict, JobStore
 from shared.errors import ErrorReply, ImgPodError, InferenceFailed
 from shared.metrics import ServiceMetrics
+from shared.progress_stream import Progress
 
 log = logging.getLogger(__name__)
 Work = Callable[[], Awaitable[BaseModel]]
@@ -193,11 +194,18 @@ class JobManager:
         asynchronous: bool,
         idempotency_key: str | None = None,
         webhook: Webhook | None = None,
+        keep_output: bool = False,
+        job_id: str | None = None,
     ) -> tuple[JobRecord, bool]:
         """Record and queue a job that admission let in; (the record, whether it is new). A replay of an
-        idempotent request gets the earlier job, and takes no place in the queue."""
+        idempotent request gets the earlier job, and takes no place in the queue.
+
+        ``job_id``: an id the caller made (``new_job_id``) to subscribe to the job's events before it can
+        start; such a job is stored, so its events are published. ``keep_output``: store the result even
+        though the client waits for it.
+        """
         record = JobRecord(
-            id=new_job_id(),
+            id=job_id or new_job_id(),
             route=job.route,
             owner=owner,
             spec=job.spec,
@@ -207,11 +215,19 @@ class JobManager:
             body_hash=job.body_hash,
             webhook=webhook,
             has_blob=job.blob is not None,
+            keeps_output=keep_output,
         )
         # A synchronous job on this interface's own store, with no key or webhook to honour later, is never
         # seen by anyone but its waiter, and a restart cancels it anyway: it lives in memory only. Three
         # store writes per request were a third of the interface's CPU per proxied call (bench, echo).
-        durable = asynchronous or self.store.shared or idempotency_key is not None or webhook is not None
+        durable = (
+            asynchronous
+            or self.store.shared
+            or idempotency_key is not None
+            or webhook is not None
+            or keep_output
+            or job_id is not None
+        )
         if durable:
             stored = await self.store.create(record, job.blob)
             if stored.id != record.id:
@@ -335,7 +351,12 @@ class JobManager:
         else:
             # The waiter on this replica takes the object itself; the store keeps the JSON for whoever asks
             # later: a polling client, an idempotent replay, a waiter on another replica.
-            keep = record.asynchronous or self.store.shared or record.idempotency_key is not None
+            keep = (
+                record.asynchronous
+                or self.store.shared
+                or record.idempotency_key is not None
+                or record.keeps_output
+            )
             result = await asyncio.to_thread(response.model_dump, mode="json") if keep else None
             await self._finish(record, JobStatus.succeeded, from_=(JobStatus.running,), result=result)
             if outcome is not None and not outcome.done():
@@ -343,24 +364,30 @@ class JobManager:
         finally:
             self._drop_local(job_id)
 
-    def _progress_sink(self, record: JobRecord) -> Callable[[int, int], None]:
+    def _progress_sink(self, record: JobRecord) -> Callable[[Progress], None]:
         loop = asyncio.get_running_loop()
         pending: set[asyncio.Task[None]] = set()
 
-        def on_progress(step: int, total: int) -> None:
+        def on_progress(progress: Progress) -> None:
             # Called from the pool's stream reader on this loop; the event goes out without waiting on it.
-            task = loop.create_task(self._progressed(record, step, total))
+            task = loop.create_task(self._progressed(record, progress))
             pending.add(task)
             task.add_done_callback(pending.discard)
 
         return on_progress
 
-    async def _progressed(self, record: JobRecord, step: int, total: int) -> None:
-        record.step, record.total_steps = step, total
+    async def _progressed(self, record: JobRecord, progress: Progress) -> None:
+        if progress.partial_image is not None:
+            # A partial image comes after its step's own line, maybe after later steps: no new position. For
+            # the event streams only: a webhook's progress deliveries are steps (megabytes each, otherwise).
+            data = {"step": progress.step, "total": progress.total, "partial_image": progress.partial_image}
+            await self._emit(record, "progress", data, webhook=False)
+            return
+        record.step, record.total_steps = progress.step, progress.total
         if record.id in self._ephemeral:
             return  # nobody can watch it
-        await self._emit(record, "progress", {"step": step, "total": total})
-        await self.store.set_progress(record.id, step, total)
+        await self._emit(record, "progress", {"step": progress.step, "total": progress.total})
+        await self.store.set_progress(record.id, progress.step, progress.total)
 
     async def _finish(
         self, record: JobRecord, status: JobStatus, *, from_: tuple[JobStatus, ...], **fields: Any
@@ -389,12 +416,14 @@ class JobManager:
         record.status = to
         return record
 
-    async def _emit(self, record: JobRecord, type_: Any, data: dict[str, Any]) -> None:
+    async def _emit(
+        self, record: JobRecord, type_: Any, data: dict[str, Any], *, webhook: bool = True
+    ) -> None:
         if record.id in self._ephemeral:
             return
         event = JobEvent(record.id, type_, data)
         await self.store.publish(event)
-        if self.notify is not None and record.webhook is not None:
+        if webhook and self.notify is not None and record.webhook is not None:
             self.notify(record, event)
 
     # --- wait, watch, cancel ---------------------------------------------------------------------------

@@ -9,5 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextvars import ContextVar
 
-ProgressSink = Callable[[int, int], None]
+from shared.progress_stream import Progress
+
+ProgressSink = Callable[[Progress], None]
 progress_sink: ContextVar[ProgressSink | None] = ContextVar("progress_sink", default=None)

@@ -83,6 +83,9 @@ class JobRecord:
     webhook: Webhook | None = None
     # Whether the request carried an upload (the profile's selfie), kept beside the record until it expires.
     has_blob: bool = False
+    # Whether its result is stored even though its client waits for it: the OpenAI route's signed image URLs
+    # are served from it, by any replica.
+    keeps_output: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -353,8 +353,10 @@ class RedisJobStore(JobStore):
 
     async def publish(self, event: JobEvent) -> None:
         # Through Redis only, also for this replica's own subscribers: they get it once, from the listener.
-        # A terminal event may carry the job's view with its output: encoded off the loop.
-        data = json.dumps(event.to_dict()) if event.type == "progress" else await _dumps(event.to_dict())
+        # A terminal event may carry the job's view with its output, a progress event a partial image: those
+        # are encoded off the loop.
+        small = event.type == "progress" and "partial_image" not in event.data
+        data = json.dumps(event.to_dict()) if small else await _dumps(event.to_dict())
         await self.redis.publish(self._events_channel, data)
 
     async def signal_cancel(self, job_id: str) -> None:

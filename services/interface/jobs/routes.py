@@ -100,7 +100,8 @@ async def _events(manager: JobManager, job_id: str) -> AsyncIterator[ServerSentE
                 continue
             # ``at``: when the interface published it (unix seconds), so a client can see how late it came.
             data = {"id": job_id, "at": round(event.at, 4), **event.data}
-            yield ServerSentEvent(await encode_json(data, large="job" in data), event=event.type)
+            large = "job" in data or "partial_image" in data
+            yield ServerSentEvent(await encode_json(data, large=large), event=event.type)
             if event.type in _TERMINAL_TYPES:
                 return
 

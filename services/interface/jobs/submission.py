@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
@@ -65,6 +66,14 @@ def idempotency_key(request: Request) -> str | None:
     return key
 
 
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    record: JobRecord
+    # False for the earlier job of a replayed Idempotency-Key.
+    new: bool
+    asynchronous: bool
+
+
 async def run_job(
     request: Request,
     route: JobRoute,
@@ -81,19 +90,48 @@ async def run_job(
     ``client_body``: the request as the client sent it (before the seed was fixed), made only when an
     Idempotency-Key needs its hash; ``request_model``: the route's validated model of ``spec``, if it has one.
     """
+    submitted = await submit_job(
+        request,
+        route,
+        spec,
+        weight=weight,
+        client_body=client_body,
+        options=options,
+        blob=blob,
+        request_model=request_model,
+    )
+    return await answer(request, submitted)
+
+
+async def submit_job(
+    request: Request,
+    route: JobRoute,
+    spec: dict[str, Any],
+    *,
+    weight: int,
+    client_body: Callable[[], dict[str, Any]],
+    options: JobOptions,
+    blob: bytes | None = None,
+    request_model: BaseModel | None = None,
+    asynchronous: bool | None = None,
+    keep_output: bool = False,
+    job_id: str | None = None,
+) -> Submitted:
+    """Everything up to the queue (see the module's order); ``asynchronous``: None to follow the Prefer
+    header, False for a route that always waits (the OpenAI API has no 202). ``keep_output`` and ``job_id``:
+    see ``JobManager.submit``."""
     state = request.app.state
     manager: JobManager = state.jobs
     owner = owner_of(request)
-    asynchronous = wants_async(request)
+    if asynchronous is None:
+        asynchronous = wants_async(request)
     key = idempotency_key(request)
     work = await build_work(state.flows, route, spec, blob, request_model)
     digest = body_hash(client_body(), blob) if key is not None else None
     if key is not None:
         earlier = await manager.store.find_idempotent(owner, key)
         if earlier is not None:
-            return await _answer(
-                request, manager, manager.check_replay(earlier, digest), asynchronous, new=False
-            )
+            return Submitted(manager.check_replay(earlier, digest), False, asynchronous)
     queue = state.queues[route]
     await admit(request, queue, owner, weight, check=lambda: manager.dispatcher.check(route, weight, owner))
     webhook = await _webhook(request, options)
@@ -103,8 +141,22 @@ async def run_job(
         asynchronous=asynchronous,
         idempotency_key=key,
         webhook=webhook,
+        keep_output=keep_output,
+        job_id=job_id,
     )
-    return await _answer(request, manager, record, asynchronous, new=new)
+    return Submitted(record, new, asynchronous)
+
+
+async def answer(request: Request, submitted: Submitted) -> Any:
+    """202 with the job's view, or the job's response once it is done (a disconnect cancels it)."""
+    manager: JobManager = request.app.state.jobs
+    record = submitted.record
+    if submitted.asynchronous:
+        headers = {"Location": job_urls(record.id)["get"], "Preference-Applied": "respond-async"}
+        if not submitted.new:
+            headers["Idempotent-Replayed"] = "true"
+        return await view_response(await manager.public_view(record), 202, headers)
+    return await _wait(request, manager, record)
 
 
 async def _webhook(request: Request, options: JobOptions) -> Webhook | None:
@@ -117,17 +169,6 @@ async def _webhook(request: Request, options: JobOptions) -> Webhook | None:
         raise ValidationFailed("webhook: webhooks are off on this deployment", param="webhook")
     await check(options.webhook)
     return Webhook(options.webhook, tuple(dict.fromkeys(options.webhook_events_filter or ())))
-
-
-async def _answer(
-    request: Request, manager: JobManager, record: JobRecord, asynchronous: bool, *, new: bool
-) -> Any:
-    if asynchronous:
-        headers = {"Location": job_urls(record.id)["get"], "Preference-Applied": "respond-async"}
-        if not new:
-            headers["Idempotent-Replayed"] = "true"
-        return await view_response(await manager.public_view(record), 202, headers)
-    return await _wait(request, manager, record)
 
 
 async def _wait(
