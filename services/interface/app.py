@@ -35,7 +35,7 @@ from services.interface.jobs.webhooks import (
 )
 from services.interface.openai_images import OPENAI_PREFIXES
 from services.interface.openai_images import router as openai_router
-from services.interface.openai_images.output_store import FILES_PATH, OutputStore
+from services.interface.openai_images.output_urls import FILES_PATH, OutputUrls, url_key
 from services.interface.pool_set import build_pools, client_limits
 from services.interface.rate_limits import RateLimiter
 from services.interface.routes import chat, health, profile
@@ -181,13 +181,8 @@ def create_app(settings: InterfaceSettings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.rate_limiter = rate_limiter
-    secret = settings.openai_url_secret
-    app.state.openai_outputs = OutputStore(
-        ttl_s=settings.openai_url_ttl_s,
-        max_items=settings.openai_url_max_items,
-        max_bytes=settings.openai_url_max_bytes,
-        secret=secret.get_secret_value().encode() if secret else None,
-    )
+    url_secret = settings.openai_url_secret
+    app.state.openai_urls = OutputUrls(url_key(url_secret.get_secret_value() if url_secret else None, token))
 
     @app.exception_handler(RedisError)
     async def _store_down(request: Request, exc: RedisError) -> Response:

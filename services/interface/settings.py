@@ -119,12 +119,10 @@ class InterfaceSettings(ServiceSettings):
     # The OpenAI-compatible images API (services/interface/openai_images/). Most images one request may ask
     # for (``n``); each is its own item in the model's queue.
     openai_max_n: int = Field(4, ge=1, le=16)
-    # ``response_format=url``: outputs are kept in this process's memory (a URL is served by the replica that
-    # made it) for this long, bounded by count and bytes (the oldest go first), behind an HMAC-signed URL.
-    openai_url_ttl_s: float = Field(600.0, gt=0)
-    openai_url_max_items: int = Field(256, ge=1)
-    openai_url_max_bytes: int = Field(256 * 1024 * 1024, ge=1024)
-    # Signs those URLs; random per process when unset (URLs die with the process anyway).
+    # ``response_format=url``: the URL serves the image from its job's stored output, from any replica on the
+    # same store, until the output expires (jobs_output_ttl_s), behind an HMAC signature made with this key.
+    # Unset: a key derived from internal_token (every replica has the same); with neither, random per
+    # process, and then refused with a shared (Redis) store, where another replica could not check it.
     openai_url_secret: SecretStr | None = None
     # Public base of those URLs (https://host behind a proxy); the request's own base URL when unset.
     openai_public_url: str | None = None
@@ -208,6 +206,15 @@ class InterfaceSettings(ServiceSettings):
             raise ValueError("jobs_redis_claim_idle_s must be at least 3 x jobs_redis_heartbeat_s")
         if self.jobs_redis_record_ttl_s < self.jobs_output_ttl_s:
             raise ValueError("jobs_redis_record_ttl_s must be at least jobs_output_ttl_s")
+        return self
+
+    @model_validator(mode="after")
+    def _replicas_share_the_url_key(self) -> InterfaceSettings:
+        if self.jobs_redis_url is not None and self.openai_url_secret is None and self.internal_token is None:
+            # Each replica would sign with a random key of its own: a URL made by one is a 404 on the others.
+            raise ValueError(
+                "with jobs_redis_url, set openai_url_secret or internal_token (the same on every replica)"
+            )
         return self
 
     @model_validator(mode="after")

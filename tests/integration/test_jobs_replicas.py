@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 from devtools.service_process import ServiceProcess, all_running
@@ -149,3 +150,31 @@ def test_replica_killed_mid_job_loses_nothing(
                 assert float(line.rsplit(" ", 1)[1]) == 4
         finally:
             a.kill()
+
+
+def test_openai_url_made_on_a_is_served_by_b_and_a_stream_on_a_gets_partials(
+    pair: list[ServiceProcess],
+) -> None:
+    a, b = pair
+    sdk = openai.OpenAI(base_url=a.url + "/v1", api_key=A["X-API-Key"], timeout=120)
+    made = sdk.images.generate(
+        model="img-pod-private", prompt="a harbour at dawn", size="64x64", response_format="url"
+    )
+    assert made.data is not None and len(made.data) == 1
+    for image in made.data:
+        assert image.url is not None and image.url.startswith(a.url)
+        # The file is the job's stored output: the other replica, on the same store and key, serves it.
+        on_b = httpx.get(b.url + image.url.removeprefix(a.url), timeout=30)
+        assert on_b.status_code == 200 and on_b.headers["content-type"] == "image/png"
+    # On Redis the job may run on either replica; its partial images reach the stream wherever it ran.
+    events = list(
+        sdk.images.generate(
+            model="img-pod-private",
+            prompt="a harbour at dawn",
+            size="64x64",
+            stream=True,
+            partial_images=1,
+            extra_body={"steps": 4},
+        )
+    )
+    assert [e.type for e in events] == ["image_generation.partial_image", "image_generation.completed"]

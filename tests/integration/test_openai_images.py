@@ -35,7 +35,7 @@ HARD_BLOCKED = "sexy schoolgirl undressing"
 
 @pytest.fixture(scope="module")
 def worker(tiny_models: dict[str, Path]) -> Iterator[ServiceProcess]:
-    env = image_env(tiny_models["zimage"], IMAGE_MAX_SIDE="128", IMAGE_TEST_HOOKS="1")
+    env = image_env(tiny_models["zimage"], IMAGE_MAX_SIDE="128", IMAGE_MAX_GUIDANCE="4", IMAGE_TEST_HOOKS="1")
     with ServiceProcess("services.chat1to1_worker.main", env=env) as proc:
         yield proc
 
@@ -119,21 +119,61 @@ def test_n_images_take_consecutive_seeds(api: ServiceProcess) -> None:
 
 def test_stream_with_partial_images(api: ServiceProcess) -> None:
     stream = client(api).images.generate(
-        prompt="a windmill in a field", size="64x64", stream=True, partial_images=2
+        prompt="a windmill in a field",
+        size="64x64",
+        stream=True,
+        partial_images=2,
+        extra_body={"steps": 6, "seed": 11},
     )
     events = list(stream)
-    # No denoising progress is relayed yet: the final image comes with no partial one, as the API allows.
-    assert [e.type for e in events] == ["image_generation.completed"]
-    done = events[-1]
-    assert done.size == "64x64" and done.output_format == "png"
-    assert png_size(done.b64_json) == (64, 64)
+    # Partial images after steps 2 and 4 of 6, taken from the worker's denoising as it went, then the image.
+    assert [e.type for e in events] == [
+        "image_generation.partial_image",
+        "image_generation.partial_image",
+        "image_generation.completed",
+    ]
+    assert [e.partial_image_index for e in events[:2]] == [0, 1]  # type: ignore[union-attr]
+    for event in events:
+        assert event.size == "64x64" and event.output_format == "png"
+        assert png_size(event.b64_json) == (64, 64)
+    # Each partial image is a step of the way, not the image itself sent early.
+    assert len({e.b64_json for e in events}) == 3
+    plain = client(api).images.generate(
+        prompt="a windmill in a field", size="64x64", extra_body={"steps": 6, "seed": 11}
+    )
+    assert plain.data is not None and plain.data[0].b64_json == events[-1].b64_json
 
     async def astream() -> list[str]:
         async with openai.AsyncOpenAI(base_url=api.url + "/v1", api_key=API_KEY, timeout=120) as aclient:
             events = await aclient.images.generate(prompt="a windmill", n=2, size="64x64", stream=True)
             return [e.type async for e in events]
 
+    # No partial images asked for: the n images, one event each.
     assert asyncio.run(astream()) == ["image_generation.completed"] * 2
+
+
+def test_steps_and_guidance_reach_the_native_route_unchanged(api: ServiceProcess) -> None:
+    # The same request on the native route and through the OpenAI API: one path, so one image.
+    knobs = {"seed": 5, "steps": 3, "guidance": 1.5}
+    result = client(api).images.generate(
+        model="img-pod-private", prompt="a paper lantern", size="64x48", extra_body=knobs
+    )
+    native = httpx.post(
+        api.url + "/v1/chat/private/imagegen",
+        json={
+            "prompt": "a paper lantern",
+            "width": 64,
+            "height": 48,
+            "seed": 5,
+            "steps": 3,
+            "guidance_scale": 1.5,
+        },
+        headers={"X-API-Key": API_KEY},
+        timeout=120,
+    )
+    assert native.status_code == 200, native.text
+    assert native.json()["steps"] == 3 and native.json()["guidance_scale"] == 1.5
+    assert result.data is not None and result.data[0].b64_json == native.json()["image_base64"]
 
 
 def test_policy_block_is_content_policy_violation(api: ServiceProcess) -> None:
@@ -154,7 +194,11 @@ def test_policy_block_is_content_policy_violation(api: ServiceProcess) -> None:
         ({"n": 5}, "n", "invalid_value"),
         ({"output_format": "jpeg"}, "output_format", "invalid_value"),
         ({"background": "transparent"}, "background", "invalid_value"),
-        ({"extra_body": {"guidance": 3.5}}, "guidance", "invalid_value"),
+        # Over the schema's bound, then over this deployment's workers' limit (the native check, renamed).
+        ({"extra_body": {"guidance": 25}}, "guidance", "invalid_value"),
+        ({"extra_body": {"guidance": 5}}, "guidance", "invalid_value"),
+        ({"extra_body": {"steps": 60}}, "steps", "invalid_value"),
+        ({"extra_body": {"persona_id": "p1"}}, "persona_id", "invalid_value"),
         ({"extra_body": {"frobnicate": 1}}, "frobnicate", "unknown_parameter"),
     ],
 )
@@ -256,6 +300,36 @@ def test_full_queue_is_rate_limit_error_after_retries_that_wait_retry_after(
 
 def test_openapi_lists_the_openai_routes() -> None:
     paths = create_app(InterfaceSettings()).openapi()["paths"]
-    assert {"/v1/models", "/v1/images/generations", "/v1/images/edits", "/v1/images/files/{file_id}"} <= set(
-        paths
-    )
+    expected = {
+        "/v1/models",
+        "/v1/images/generations",
+        "/v1/images/edits",
+        "/v1/images/files/{job_id}/{index}",
+    }
+    assert expected <= set(paths)
+
+
+def jobs_ended(api: ServiceProcess, route: str, status: str) -> float:
+    prefix = f'imgpod_jobs_total{{route="{route}",status="{status}"}}'
+    for line in httpx.get(api.url + "/metrics", headers={"X-API-Key": API_KEY}).text.splitlines():
+        if line.startswith(prefix):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_closing_a_stream_cancels_its_job_on_the_worker(api: ServiceProcess, worker: ServiceProcess) -> None:
+    body = {"prompt": "a slow sunrise", "size": "64x64", "stream": True, "partial_images": 1}
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    before = jobs_ended(api, "text2img", "canceled")
+    with gate_of(worker).closed() as gate:
+        with httpx.stream(
+            "POST", api.url + "/v1/images/generations", json=body, headers=headers, timeout=60
+        ) as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            gate.wait_parked(1)
+        # The client is gone: the interface cancels the job, which closes the worker's stream, which stops
+        # the generation waiting at the gate.
+        gate.wait_parked(0)
+        wait_until(lambda: jobs_ended(api, "text2img", "canceled") == before + 1)
+    assert queue_view(api, "text2img")["depth"] == 0

@@ -1,40 +1,46 @@
-"""The OpenAI images parts that need no server: the signed output store, size parsing, the error shape."""
+"""The OpenAI images parts that need no server: signed output URLs, size parsing, the error shape."""
 
 from __future__ import annotations
 
 import pytest
 
 from services.interface.openai_images.models import parse_size
-from services.interface.openai_images.output_store import OutputStore
+from services.interface.openai_images.output_urls import FILES_PATH, OutputUrls, url_key
+from services.interface.settings import InterfaceSettings
 from shared.errors import ErrorReply, ErrorShapes, Overloaded, PolicyBlocked, openai_shape
 
 
-def _query(path: str) -> tuple[str, int, str]:
-    file_id, query = path.rsplit("/", 1)[1].split("?")
+def _query(path: str) -> tuple[str, int, int, str]:
+    route, query = path.split("?")
+    job_id, index = route.removeprefix(FILES_PATH + "/").split("/")
     params = dict(part.split("=") for part in query.split("&"))
-    return file_id, int(params["expires"]), params["sig"]
+    return job_id, int(index), int(params["expires"]), params["sig"]
 
 
-def test_store_serves_a_signed_path_until_it_expires() -> None:
-    store = OutputStore(ttl_s=10, max_items=4, max_bytes=1024)
-    file_id, expires, sig = _query(store.put(b"png", "image/png", now=100.0))
-    assert expires == 110
-    stored = store.get(file_id, expires, sig, now=105.0)
-    assert stored is not None and stored.data == b"png"
-    assert store.get(file_id, expires, sig, now=111.0) is None
-    assert store.get(file_id, expires + 100, sig, now=105.0) is None  # a longer expiry is not signed
+def test_url_is_signed_for_its_job_image_and_expiry() -> None:
+    urls = OutputUrls(url_key("a-secret", None))
+    job_id, index, expires, sig = _query(urls.path("job_" + "ab" * 12, 1, 110))
+    assert (job_id, index, expires) == ("job_" + "ab" * 12, 1, 110)
+    assert urls.valid(job_id, index, expires, sig, now=105.0)
+    assert not urls.valid(job_id, index, expires, sig, now=111.0)
+    assert not urls.valid(job_id, index, expires + 100, sig, now=105.0)  # a longer expiry is not signed
+    assert not urls.valid(job_id, 0, expires, sig, now=105.0)  # another image of the job
+    assert not urls.valid("job_" + "cd" * 12, index, expires, sig, now=105.0)
     tampered = ("1" if sig[0] == "0" else "0") + sig[1:]  # always a different signature, whatever the key
-    assert store.get(file_id, expires, tampered, now=105.0) is None
+    assert not urls.valid(job_id, index, expires, tampered, now=105.0)
 
 
-def test_store_is_bounded_by_count_and_bytes_oldest_first() -> None:
-    store = OutputStore(ttl_s=60, max_items=2, max_bytes=10)
-    first = _query(store.put(b"aaaa", "image/png", now=0))
-    second = _query(store.put(b"bbbb", "image/png", now=1))
-    third = _query(store.put(b"cccccc", "image/png", now=2))  # 14 bytes with both: the oldest goes
-    assert store.get(*first, now=3) is None
-    assert store.get(*second, now=3) is not None and store.get(*third, now=3) is not None
-    assert len(store) == 2
+def test_url_key_is_shared_by_replicas_that_share_a_secret_or_token() -> None:
+    # Replicas on one Redis serve each other's URLs: the same settings must give the same key.
+    assert url_key("s", None) == url_key("s", "token") == b"s"
+    assert url_key(None, "token") == url_key(None, "token") != b"token"
+    assert url_key(None, None) != url_key(None, None)  # random per process: a lone interface only
+
+
+def test_replicas_on_redis_need_a_shared_url_key() -> None:
+    with pytest.raises(ValueError, match="openai_url_secret or internal_token"):
+        InterfaceSettings(jobs_redis_url="redis://127.0.0.1:6379/0")
+    InterfaceSettings(jobs_redis_url="redis://127.0.0.1:6379/0", internal_token="a-real-token-123")
 
 
 @pytest.mark.parametrize(

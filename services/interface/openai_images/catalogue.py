@@ -1,39 +1,40 @@
-"""The public image models: each one id for exactly one existing flow and its queue (no second path).
+"""The public image models: each one id for exactly one native route, its job kind and its queue (no second
+path).
 
-A model is the two halves every flow has (services/interface/flows.py): ``prepare`` (validation against the
-deployed workers, the policy check, a fixed seed) before the queue, ``run`` (the worker calls) inside it.
+An OpenAI request becomes the native route's own request model (``ImageModel.native``); from there it is a
+job of that route like any other (services/interface/jobs/submission.py): the same prepare step (validation
+against the deployed workers, word rules, guard), the same admission and queue, the same worker call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from services.interface.flows import ChatJob, Flows, TextImageJob
+from services.interface.jobs.records import JobRoute
 from services.interface.pool_set import Pools
-from shared.models import ChatImageRequest, GeneratedImage, ImageGenRequest
-from shared.roles import ChatKind
+from shared.models import ChatImageRequest, ImageGenRequest
 
-Job = TextImageJob | ChatJob
+NativeRequest = ImageGenRequest | ChatImageRequest
 
 
 @dataclass(frozen=True, slots=True)
 class Wanted:
-    """What an OpenAI request asks of a flow, in img_pod's terms."""
+    """What an OpenAI request asks of a model, in img_pod's terms."""
 
     prompt: str
     width: int | None
     height: int | None
-    seed: int | None
+    seed: int
     steps: int | None
-    n: int = 1
+    guidance_scale: float | None
+    n: int
+    partial_images: int
 
 
 @dataclass(frozen=True, slots=True)
 class Generated:
     image_base64: str
-    prompt_tokens: int | None
     # Set when an LLM wrote the prompt the image was made from.
     revised_prompt: str | None
 
@@ -41,72 +42,53 @@ class Generated:
 @dataclass(frozen=True, slots=True)
 class ImageModel:
     id: str
-    # The native route's queue: the same admission, SLA and Retry-After as that route.
-    queue: str
-    prepare: Callable[[Flows, Wanted], Awaitable[Job]]
-    # All n images of the request, from one worker call (one batched pipeline call on the GPU).
-    run: Callable[[Flows, Any], Awaitable[list[Generated]]]
-    # The native route takes no steps (chat images use the role's own).
-    takes_steps: bool
+    # The native route's job kind, which is also its queue: the same admission, SLA and Retry-After.
+    route: JobRoute
+    # The native request model; chat models take the prompt as the chat message, which the LLM expands.
+    chat: bool
 
     def deployed(self, pools: Pools) -> bool:
-        return all(pool.workers for pool in pools.for_queues()[self.queue])
+        return all(pool.workers for pool in pools.for_queues()[self.route])
 
+    def native(self, wanted: Wanted) -> NativeRequest:
+        """The native route's request; raises pydantic's ValidationError as that route would."""
+        fields: dict[str, Any] = {
+            "seed": wanted.seed,
+            "width": wanted.width,
+            "height": wanted.height,
+            "steps": wanted.steps,
+            "guidance_scale": wanted.guidance_scale,
+            "n": wanted.n,
+            "partial_images": wanted.partial_images,
+        }
+        if self.chat:
+            return ChatImageRequest(message=wanted.prompt, **fields)
+        return ImageGenRequest(prompt=wanted.prompt, **fields)
 
-def _text_request(wanted: Wanted) -> ImageGenRequest:
-    return ImageGenRequest(
-        prompt=wanted.prompt,
-        seed=wanted.seed,
-        width=wanted.width,
-        height=wanted.height,
-        steps=wanted.steps,
-        n=wanted.n,
-    )
+    def images(self, response: Any) -> list[Generated]:
+        """The images of the native route's response: its model (ran here), or its JSON (ran elsewhere)."""
+        get = response.get if isinstance(response, dict) else lambda name: getattr(response, name)
+        revised = get("prompt_used") if self.chat else None
+        more = get("more_images") or []
+        firsts = [get("image_base64")]
+        rest = [m["image_base64"] if isinstance(m, dict) else m.image_base64 for m in more]
+        return [Generated(b64, revised) for b64 in firsts + rest]
 
-
-def _images(
-    first: str, more: list[GeneratedImage], tokens: int | None, revised: str | None
-) -> list[Generated]:
-    return [Generated(b64, tokens, revised) for b64 in (first, *(m.image_base64 for m in more))]
-
-
-async def _run_text(flows: Flows, job: TextImageJob) -> list[Generated]:
-    out = await flows.text_image(job)
-    return _images(out.image_base64, out.more_images, out.prompt_tokens, None)
-
-
-def _chat(kind: ChatKind) -> Callable[[Flows, Wanted], Awaitable[Job]]:
-    async def prepare(flows: Flows, wanted: Wanted) -> Job:
-        req = ChatImageRequest(
-            message=wanted.prompt, seed=wanted.seed, width=wanted.width, height=wanted.height, n=wanted.n
-        )
-        return await flows.prepare_chat_image(kind, req)
-
-    return prepare
-
-
-async def _run_chat(flows: Flows, job: ChatJob) -> list[Generated]:
-    out = await flows.chat_image(job)
-    return _images(out.image_base64, out.more_images, out.prompt_tokens, out.prompt_used)
-
-
-async def _prepare_general(flows: Flows, wanted: Wanted) -> Job:
-    return await flows.prepare_general_image(_text_request(wanted))
-
-
-async def _prepare_private(flows: Flows, wanted: Wanted) -> Job:
-    return await flows.prepare_private_image(_text_request(wanted))
+    @staticmethod
+    def prompt_tokens(response: Any) -> int:
+        tokens = response.get("prompt_tokens") if isinstance(response, dict) else response.prompt_tokens
+        return int(tokens or 0)
 
 
 MODELS: dict[str, ImageModel] = {
     m.id: m
     for m in (
         # POST /v1/imagegen: word rules with soft block, guard, the general text-to-image pool.
-        ImageModel("img-pod-general", "text2img", _prepare_general, _run_text, takes_steps=True),
+        ImageModel("img-pod-general", "text2img", chat=False),
         # POST /v1/chat/private/imagegen: hard block only, the chat1to1 workers.
-        ImageModel("img-pod-private", "private", _prepare_private, _run_text, takes_steps=True),
+        ImageModel("img-pod-private", "private", chat=False),
         # POST /v1/chat/{shorts,scenes}/generate: the prompt is the chat message, expanded by the LLM.
-        ImageModel("img-pod-shorts", "shorts", _chat("shorts"), _run_chat, takes_steps=False),
-        ImageModel("img-pod-scenes", "scenes", _chat("scenes"), _run_chat, takes_steps=False),
+        ImageModel("img-pod-shorts", "shorts", chat=True),
+        ImageModel("img-pod-scenes", "scenes", chat=True),
     )
 }

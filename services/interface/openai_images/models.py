@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
+from shared.image_params import GuidanceScale, PartialImages, Steps
 from shared.models import NonEmptyPrompt, Seed, StrictModel
 
 DEFAULT_MODEL = "img-pod-general"
@@ -44,9 +45,9 @@ class ImageGenerationRequest(StrictModel):
     size: Annotated[str, Field(max_length=16)] | None = None
     response_format: Literal["b64_json", "url"] | None = None
     stream: bool | None = None
-    # Accepted; no partial image is sent yet (there is no denoising progress to take them from), which the
-    # API allows: the final image may come before any partial one.
-    partial_images: Annotated[int, Field(ge=0, le=3)] | None = None
+    # With ``stream``: partial images of the first image, decoded from the denoising as it goes (fewer when
+    # the model runs fewer steps than that; the API allows it). Without ``stream``: accepted, unused.
+    partial_images: PartialImages | None = None
     # Accepted and ignored: who the end user is (img_pod's logs carry the request id instead).
     user: Text | None = None
     safety_identifier: Text | None = None
@@ -59,23 +60,17 @@ class ImageGenerationRequest(StrictModel):
     background: Literal["auto", "opaque"] | None = None
     output_format: Literal["png"] | None = None
     output_compression: Annotated[int, Field(ge=0, le=100)] | None = None
-    # img_pod's own knobs, sent by the SDK through ``extra_body``.
+    # img_pod's own knobs, sent by the SDK through ``extra_body``; bounds as on the native routes, then the
+    # deployed workers' limits. ``guidance`` is the native ``guidance_scale``.
     seed: Seed | None = None
-    steps: Annotated[int, Field(ge=1, le=50)] | None = None
-    guidance: float | None = None
+    steps: Steps | None = None
+    guidance: GuidanceScale | None = None
     persona_id: Text | None = None
 
     @field_validator("size")
     @classmethod
     def _size(cls, value: str | None) -> str | None:
         parse_size(value)
-        return value
-
-    @field_validator("guidance")
-    @classmethod
-    def _guidance(cls, value: float | None) -> float | None:
-        if value is not None:
-            raise ValueError("not adjustable on this deployment: the workers use the model's tuned guidance")
         return value
 
     @field_validator("persona_id")
