@@ -105,7 +105,7 @@ async def generate_images(
     if not req.stream:
         submitted = await _submit(request, model, native, req, keep_output=url)
         response = await answer(request, submitted)
-        images = await asyncio.to_thread(model.images, response)
+        images = model.images(response)
         usage = ImageUsage.of_prompt_tokens(model.prompt_tokens(response) * len(images))
         if url:
             base = (settings.openai_public_url or str(request.base_url)).rstrip("/")
@@ -220,7 +220,7 @@ async def _stream(
         except ImgPodError as exc:
             yield await _event(error_event(exc))
             return
-        images: list[Generated] = await asyncio.to_thread(model.images, response)
+        images: list[Generated] = model.images(response)
         usage = ImageUsage.of_prompt_tokens(model.prompt_tokens(response) * len(images))
         for g in images:
             yield await _event(completed_event(g, size, created, usage))
