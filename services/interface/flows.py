@@ -14,6 +14,7 @@ worker is called before every verdict is in.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from collections.abc import Awaitable
@@ -84,6 +85,10 @@ def _enforced(decision: PolicyDecision, stage: str) -> PolicyDecision:
     return decision
 
 
+A = TypeVar("A")
+B = TypeVar("B")
+
+
 def fixed_seed(seed: int | None) -> int:
     return seed if seed is not None else secrets.randbelow(MAX_SEED + 1)
 
@@ -131,6 +136,23 @@ async def check_negative_prompt(req: ImageParams) -> None:
     """
     if req.negative_prompt and req.negative_prompt.strip():
         enforce(await decide_off_loop(evaluate_private_chat, req.negative_prompt), "policy")
+
+
+async def both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
+    """Both results, run side by side; the first failure is raised at once and the other is cancelled (a
+    caption that cannot be written stops the image it would go with, and the reverse)."""
+    tasks = (asyncio.ensure_future(first), asyncio.ensure_future(second))
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in tasks:
+            if task.done() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+        return tasks[0].result(), tasks[1].result()
+    finally:
+        for task in tasks:
+            task.cancel()
+        # Waited for: a cancelled worker call gives its slot back before this returns, as when awaited alone.
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def with_style(prompt: str, style: StyleName | None) -> str:
@@ -385,18 +407,22 @@ class Flows:
             if job.moderated and reason is not None
             else Moderation(decision="neutral")
         )
-        with timer.stage("generate"):
-            body = await self.pools.chat_pool(kind).request(
-                "POST",
-                f"/v1/chat/{kind}/generate",
-                stage="generate",
-                timeout_s=self.settings.generate_timeout_s,
-                on_progress=progress_sink.get(),
-                json={"prompt": prompt, "seed": job.seed, **generation_fields(req)},
-            )
+
+        async def generate() -> dict[str, Any]:
+            with timer.stage("generate"):
+                return await self.pools.chat_pool(kind).request(
+                    "POST",
+                    f"/v1/chat/{kind}/generate",
+                    stage="generate",
+                    timeout_s=self.settings.generate_timeout_s,
+                    on_progress=progress_sink.get(),
+                    json={"prompt": prompt, "seed": job.seed, **generation_fields(req)},
+                )
+
+        # The caption depends on the final prompt only: it is written while the image is made.
+        body, (caption, caption_source) = await both(generate(), self._caption(prompt, req.message, timer))
         generated = parse_upstream(GenerateResponse, body, "generate")
         used = params_used(generated, req.n, req.style)
-        caption, caption_source = await self._caption(prompt, req.message, timer)
         return ChatImageResponse(
             image_base64=generated.image_base64,
             caption=caption,

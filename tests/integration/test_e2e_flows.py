@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from shared.images import decode_base64_image as image_of
 from shared.policy import COVERAGE_PHRASE
 from shared.styles import STYLE_PHRASES
 from tests.helpers.photos import truncated_jpeg
-from tests.helpers.waiting import wait_until
+from tests.helpers.waiting import WorkerGate, wait_until
 from tests.integration.test_image_workers import image_env
 from tests.integration.test_interface_pools import served
 
@@ -47,7 +48,8 @@ def stack(
         "selfie": ServiceProcess("services.selfie_feature_worker.main", env=selfie, wait_healthy=False),
     }
     for role in IMAGE_ROLES:
-        env = image_env(tiny_models["zimage"], IMAGE_INTERNAL_TOKEN=TOKEN)
+        # Test hooks: the caption test parks the 1:1 image at the worker's gate (open otherwise).
+        env = image_env(tiny_models["zimage"], IMAGE_INTERNAL_TOKEN=TOKEN, IMAGE_TEST_HOOKS="1")
         procs[role] = ServiceProcess(f"services.{role}_worker.main", env=env, wait_healthy=False)
     with all_running(procs.values()):
         interface_env = stack_env.interface_env(
@@ -594,3 +596,22 @@ def test_moderation_decisions_are_counted_per_role(stack: dict[str, ServiceProce
     # One count per request, the request's final decision.
     for decision in ("neutral", "covered", "blocked"):
         assert after[key("scenes", decision)] == before.get(key("scenes", decision), 0) + 1
+
+
+def test_the_caption_is_written_while_the_image_is_made(stack: dict[str, ServiceProcess]) -> None:
+    """The caption needs the final prompt only: it must not wait for the image."""
+    gate = WorkerGate(stack["chat1to1"].url, TOKEN)
+    llm = stack["llm"]
+    before = calls(llm, "/v1/chat/1to1/caption")
+    body = {"message": "a picnic by the lake", "persona": PERSONA, "seed": 3}
+    with gate.closed(), ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(post, stack, "/v1/chat/1to1/imagegen", json=body)
+        gate.wait_parked(1)
+        # The image is held at the worker, and the caption has been asked for meanwhile.
+        wait_until(lambda: calls(llm, "/v1/chat/1to1/caption") == before + 1, what="caption during the image")
+        assert not answer.done()
+    resp = answer.result(timeout=120)
+    assert resp.status_code == 200, resp.text
+    timings = resp.json()["timings_ms"]
+    # Side by side: the request took less than the two stages one after the other would have.
+    assert timings["total"] < timings["expand"] + timings["generate"] + timings["caption"]
