@@ -29,6 +29,7 @@ NonEmptyMessage = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_MESSAGE_CHARS)
 ]
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+PersonaId = Annotated[str, Field(pattern=r"^per_[0-9a-f]{24}$", description="A stored persona's id")]
 Side = Annotated[int, Field(ge=16, le=2048, multiple_of=16)]
 Timings = dict[str, float]
 
@@ -151,6 +152,11 @@ class GenerateRequest(ImageParams):
 
     prompt: NonEmptyPrompt
     output_format: ImageFormat = "png"
+    # Image-to-image: the start image (base64 JPEG, PNG or WebP; a ``data:`` URL prefix is allowed), bounded
+    # and decoded by the worker, and how far from it (0, 1]: the worker's role default when absent, and its
+    # /healthz ``limits`` bounds. Without ``init_image``, text-to-image.
+    init_image: str | None = None
+    strength: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
 
 
 class GeneratedImage(OpenModel):
@@ -274,7 +280,16 @@ class CaptionResponse(OpenModel):
 class ReplyRequest(StrictModel):
     message: NonEmptyMessage
     history: History = Field(default_factory=list)
-    persona: Features
+    # Exactly one of the two on the public route; the interface resolves ``persona_id`` to ``persona``
+    # before the LLM is asked. Excluded from dumps: the LLM pod never sees an id it cannot resolve.
+    persona: Features | None = None
+    persona_id: PersonaId | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _one_persona(self) -> ReplyRequest:
+        if (self.persona is None) == (self.persona_id is None):
+            raise ValueError("give exactly one of persona and persona_id")
+        return self
 
 
 class ReplyResponse(OpenModel):
@@ -337,8 +352,16 @@ class ChatImageRequest(ImageParams, JobOptions):
     message: NonEmptyMessage
     history: History = Field(default_factory=list)
     persona: Features | None = None
+    # A stored persona of the same API key (POST /v1/personas): its features stand in for ``persona``.
+    persona_id: PersonaId | None = None
     # A preset of shared/styles.py: the LLM expansion is asked to render it.
     style: StyleName | None = None
+
+    @model_validator(mode="after")
+    def _one_persona(self) -> ChatImageRequest:
+        if self.persona is not None and self.persona_id is not None:
+            raise ValueError("give persona or persona_id, not both")
+        return self
 
 
 class ImageParamsUsed(OpenModel):
@@ -400,3 +423,126 @@ class HealthResponse(OpenModel):
     device: str | None = None
     dtype: str | None = None
     role: str | None = None
+
+
+# --- personas (services/interface/personas/) -------------------------------------------------------------
+
+MAX_PERSONA_NAME_CHARS = 80
+MAX_PERSONA_TEXT_CHARS = 500
+# Avatar candidates one persona keeps (a profile job makes up to this many per selfie).
+MAX_PERSONA_AVATARS = 4
+PersonaName = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_PERSONA_NAME_CHARS)
+]
+PersonaText = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_PERSONA_TEXT_CHARS)
+]
+
+
+class PersonaCreate(StrictModel):
+    """A persona from its features (JSON); one made from a selfie is a multipart POST instead."""
+
+    name: PersonaName | None = None
+    features: Features
+    personality: PersonaText | None = None
+    speaking_style: PersonaText | None = None
+
+
+class PersonaPatch(StrictModel):
+    """The fields to change; a field sent as null is cleared (features cannot be: send new ones)."""
+
+    name: PersonaName | None = None
+    features: Features | None = None
+    personality: PersonaText | None = None
+    speaking_style: PersonaText | None = None
+
+    @model_validator(mode="after")
+    def _features_stay(self) -> PersonaPatch:
+        if "features" in self.model_fields_set and self.features is None:
+            raise ValueError("features cannot be cleared; send the new features")
+        return self
+
+
+class PersonaAvatarChoice(StrictModel):
+    index: int = Field(ge=0, lt=MAX_PERSONA_AVATARS)
+
+
+class PersonaAvatar(OpenModel):
+    index: int
+    approved: bool
+
+
+class PersonaView(OpenModel):
+    id: str
+    name: str | None = None
+    features: Features
+    personality: str | None = None
+    speaking_style: str | None = None
+    avatars: list[PersonaAvatar] = Field(default_factory=list)
+    # The approved avatar's PNG (GET, with the API key); null until one is approved.
+    avatar_url: str | None = None
+    created_at: float
+    updated_at: float
+
+
+class PersonaList(OpenModel):
+    data: list[PersonaView]
+    # Pass as ``cursor`` for the next (older) page; null on the last page.
+    next_cursor: str | None = None
+
+
+# --- generated personas (LLM service /v1/personas/generate) ---------------------------------------------
+
+PERSONA_MIN_AGE = 18
+PERSONA_MAX_AGE = 100
+MAX_PERSONA_BRIEF_CHARS = 500
+PersonaAge = Annotated[int, Field(ge=PERSONA_MIN_AGE, le=PERSONA_MAX_AGE)]
+
+
+class PersonaBrief(StrictModel):
+    """A few words about the persona wanted ("a cheerful barista from Lisbon"); the LLM writes the rest."""
+
+    brief: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=3, max_length=MAX_PERSONA_BRIEF_CHARS)
+    ]
+
+
+class PersonaDraft(StrictModel):
+    """What the LLM must answer, as JSON of exactly this schema (its structured output): an adult, with
+    appearance in the selfie analysis's own ``Features``, so a generated persona is drawn and described
+    like one made from a photo."""
+
+    name: PersonaName
+    age: PersonaAge
+    features: Features
+    personality: PersonaText
+    speaking_style: PersonaText
+
+    @model_validator(mode="after")
+    def _adult_look(self) -> PersonaDraft:
+        # The age field is bounded by the schema, but the look is free text: "15-17" there would draw a minor.
+        digits = "".join(c if c.isascii() and c.isdigit() else " " for c in self.features.age_range or "")
+        stated = [int(n) for n in digits.split()]
+        if any(n < PERSONA_MIN_AGE for n in stated):
+            raise ValueError("features.age_range must be an adult's")
+        return self
+
+    def policy_text(self) -> str:
+        """Every word of the persona, for the word rules: all of it reaches prompts and replies later."""
+        f = self.features
+        traits = [f.hair_color, f.hair_style, f.eye_color, f.skin_tone, f.age_range, f.gender_presentation,
+                  f.facial_hair, f.expression, *f.accessories, f.description]  # fmt: skip
+        parts = [self.name, self.personality, self.speaking_style, *(t for t in traits if t)]
+        return "\n".join(parts)
+
+
+class GeneratedPersona(OpenModel):
+    """``persona`` as the model wrote it (validated), or, only where ``source`` is "template", a labelled
+    stand-in built from the brief while the model is down or wrote junk (``LLM_TEMPLATE_FALLBACK``)."""
+
+    persona: PersonaDraft
+    source: Source
+    model: str
+    # Model answers read, the retry included; 0 for a template made without asking the model.
+    attempts: int = 0
+    timings_ms: Timings = Field(default_factory=dict)

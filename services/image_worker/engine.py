@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import logging
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from PIL import Image
@@ -22,13 +24,23 @@ from services.image_worker.pipeline import (
     ImageJob,
     ModelLoadError,
     ModelMissing,
+    fit_init_image,
     preview_steps,
 )
 from services.image_worker.settings import ImageSettings
-from shared.errors import InferenceTimeout, ModelUnavailable, Overloaded, PolicyBlocked, ValidationFailed
-from shared.images import encode_image_base64
+from shared.errors import (
+    InferenceTimeout,
+    ModelUnavailable,
+    Overloaded,
+    PayloadTooLarge,
+    PolicyBlocked,
+    UnsupportedMedia,
+    ValidationFailed,
+)
+from shared.images import decode_upload, encode_image_base64
 from shared.metrics import ServiceMetrics
 from shared.models import MAX_SEED
+from shared.pixel_budget import PixelBudget
 from shared.public_names import public_model_id
 from shared.roles import RoleName, policy_for
 from shared.test_hooks import Gate
@@ -52,6 +64,10 @@ class GenerationParams:
     n: int = 1
     # Partial images of the first image, taken during the denoising (``preview_steps``).
     partial_images: int = 0
+    # Image-to-image: the start image as the request's base64 (decoded by ``admit_decoded``, in a thread)
+    # and how far from it; without an image the strength is checked against the bounds but not used.
+    init_image: str | None = None
+    strength: float | None = None
 
 
 @dataclass(slots=True)
@@ -95,6 +111,11 @@ class ImageEngine:
         self.m_partials = metrics.counter(
             "imgpod_partial_images_total", "Partial images taken during denoising, by outcome", ("outcome",)
         )
+        self.m_img2img = metrics.counter(
+            "imgpod_image_img2img_total", "Image-to-image jobs run (requests with an init image)"
+        )
+        # Start images decode in threads; together they hold at most two of the largest at full size.
+        self.decode_budget = PixelBudget(2 * settings.init_image_max_pixels)
 
     def checks_output(self, route_role: RoleName) -> bool:
         """Whether images made on a route of this role get the pixel check (the route's role, not ours)."""
@@ -214,10 +235,59 @@ class ImageEngine:
         # At guidance 0 the pipeline never encodes the negative prompt; dropping it here also lets the job
         # batch with jobs that have none.
         negative = params.negative_prompt.strip() if params.negative_prompt and guidance > 0 else None
-        previews = preview_steps(steps, params.partial_images) if params.partial_images else ()
-        return ImageJob(
-            params.prompt, negative or None, seed, width, height, steps, guidance, params.n, previews
+        strength = self._strength(params)
+        job = ImageJob(
+            params.prompt, negative or None, seed, width, height, steps, guidance, params.n, (), strength
         )
+        if params.partial_images:
+            # Over the steps the call runs: image-to-image skips the first part of the schedule.
+            job = replace(job, previews=preview_steps(job.steps_run, params.partial_images))
+        return job
+
+    def _strength(self, params: GenerationParams) -> float | None:
+        """The job's image-to-image strength (the role's default when the request gives none), in bounds."""
+        s = self.settings
+        if params.strength is not None and not (
+            s.img2img_min_strength <= params.strength <= s.img2img_max_strength
+        ):
+            raise ValidationFailed(
+                f"strength {params.strength:g} is outside this worker's bounds "
+                f"[{s.img2img_min_strength:g}, {s.img2img_max_strength:g}]",
+                param="strength",
+            )
+        if params.init_image is None:
+            return None
+        return s.img2img_strength if params.strength is None else params.strength
+
+    def init_image_for(self, data: str, width: int, height: int) -> Image.Image:
+        """The request's start image decoded within the limits and fitted to the job's size (run in a thread).
+
+        Refusals name ``init_image``: 413 over the byte or pixel limit, 422 for anything that is not a JPEG,
+        PNG or WebP image (a JSON field has no media type of its own to answer 415 about).
+        """
+        s = self.settings
+        text = data.split(",", 1)[1] if data.startswith("data:") else data
+        # Four base64 characters per three bytes: refused before decoding a byte of an oversized image.
+        if len(text) // 4 * 3 > s.init_image_max_bytes + 2:
+            raise PayloadTooLarge(
+                f"init_image is over the limit of {s.init_image_max_bytes} bytes", param="init_image"
+            )
+        try:
+            raw = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValidationFailed("init_image is not valid base64", param="init_image") from None
+        try:
+            decoded = decode_upload(
+                raw,
+                max_bytes=s.init_image_max_bytes,
+                max_pixels=s.init_image_max_pixels,
+                budget=self.decode_budget,
+            )
+        except PayloadTooLarge as exc:
+            raise PayloadTooLarge(f"init_image: {exc.detail}", param="init_image") from None
+        except (UnsupportedMedia, ValidationFailed) as exc:
+            raise ValidationFailed(f"init_image: {exc.detail}", param="init_image") from None
+        return fit_init_image(decoded.image, width, height)
 
     async def generate(
         self,
@@ -226,8 +296,26 @@ class ImageEngine:
         on_progress: ProgressListener | None = None,
         on_partial: PartialImageListener | None = None,
     ) -> Generated:
-        """``admit`` then ``run_admitted``; ``on_progress(step, total)`` hears each denoising step."""
-        return await self.run_admitted(self.admit(params), route_role, on_progress, on_partial)
+        """``admit_decoded`` then ``run_admitted``; ``on_progress(step, total)`` hears each denoising step."""
+        return await self.run_admitted(await self.admit_decoded(params), route_role, on_progress, on_partial)
+
+    async def admit_decoded(self, params: GenerationParams) -> Admission:
+        """``admit``, then the start image (if any) decoded off the loop into the admitted job.
+
+        The decode comes after the cheap refusals (and the worker's bound), so a full or misconfigured worker
+        never decodes; a refused image gives the bound back at once.
+        """
+        admission = self.admit(params)
+        if params.init_image is None:
+            return admission
+        job = admission.job
+        try:
+            image = await asyncio.to_thread(self.init_image_for, params.init_image, job.width, job.height)
+        except BaseException:
+            self.release(admission)
+            raise
+        admission.job = replace(job, init_image=image)
+        return admission
 
     def admit(self, params: GenerationParams) -> Admission:
         """Every refusal that comes before the work (not ready, invalid, the worker's 429), raised here.
@@ -272,6 +360,8 @@ class ImageEngine:
         final images are checked as always). Every partial image is passed on before this returns.
         """
         partials = _Partials(self, self.checks_output(route_role), on_partial) if on_partial else None
+        if admission.job.strength is not None:
+            self.m_img2img.inc()
         try:
             generated = await self._generate(
                 admission.batcher,

@@ -17,12 +17,12 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from services.image_worker.model_files import verify_pipeline_dir
 from shared.image_params import image_seeds
@@ -64,10 +64,27 @@ class ImageJob:
     # Steps after which the job's first image is decoded as a partial image (``preview_steps``); not part of
     # the batch key: a preview is a decode of one row, whatever the call's other jobs do.
     previews: tuple[int, ...] = ()
+    # Image-to-image: how far from ``init_image`` (0, 1]; None for text-to-image. Part of the batch key: the
+    # strength fixes the call's timesteps, so text-to-image and each strength run in calls of their own.
+    strength: float | None = None
+    # The start image, already width x height (``fit_init_image``); every image of the job starts from it.
+    init_image: Image.Image | None = field(default=None, compare=False, repr=False)
 
-    def batch_key(self) -> tuple[int, int, int, float, bool]:
+    def batch_key(self) -> tuple[int, int, int, float, bool, float | None]:
         """Jobs that agree on this run as one pipeline call."""
-        return (self.width, self.height, self.steps, self.guidance_scale, self.negative_prompt is not None)
+        return (
+            self.width,
+            self.height,
+            self.steps,
+            self.guidance_scale,
+            self.negative_prompt is not None,
+            self.strength,
+        )
+
+    @property
+    def steps_run(self) -> int:
+        """Denoising steps the call really runs: all of them for text-to-image, the last part for img2img."""
+        return self.steps if self.strength is None else img2img_steps(self.steps, self.strength)
 
     @property
     def seeds(self) -> list[int]:
@@ -78,6 +95,24 @@ class ImageJob:
         """What the job takes of a batch: its images, twice over with guidance (the transformer runs each
         image's latents once with the prompt and once with the negative prompt, in one batch)."""
         return self.count * (2 if self.guidance_scale > 0 else 1)
+
+
+def img2img_steps(steps: int, strength: float) -> int:
+    """Steps ZImageImg2ImgPipeline runs for ``num_inference_steps=steps`` at ``strength``.
+
+    Its ``get_timesteps`` skips the first ``int(steps - steps * strength)`` timesteps (scheduler order 1):
+    8 steps at 0.6 run 5. Kept in step with the installed pipeline by a test that counts the steps it runs.
+    """
+    init_timestep = min(steps * strength, steps)
+    return steps - int(max(steps - init_timestep, 0))
+
+
+def fit_init_image(image: Image.Image, width: int, height: int) -> Image.Image:
+    """The start image at the job's size: scaled to cover it, then the overflow cropped evenly from both sides
+    (a portrait avatar for a landscape image keeps its middle band, never a squashed face)."""
+    if image.size == (width, height):
+        return image
+    return ImageOps.fit(image, (width, height), Image.Resampling.LANCZOS, centering=(0.5, 0.5))
 
 
 class ModelLoadError(RuntimeError):
@@ -96,7 +131,8 @@ class StepHook:
     out are matched to their jobs by position.
     """
 
-    # What the callback asks the pipeline for (both are in ZImagePipeline._callback_tensor_inputs).
+    # What the callback asks the pipeline for: both are in ``_callback_tensor_inputs`` of ZImagePipeline and
+    # of ZImageImg2ImgPipeline, whose loop takes them back from the callback the same way.
     TENSOR_INPUTS = ("latents", "prompt_embeds")
 
     def __init__(
@@ -152,7 +188,9 @@ class StepHook:
         latents = out.get("latents", tensors["latents"])
         wanted = [job for job in self.previews.get(step, ()) if job not in self.gone]
         if wanted and self.on_preview is not None:
-            clean = clean_estimate(pipe.scheduler, step_index, latents, self.previous)
+            # Image-to-image starts partway down the schedule (``begin_index``): its step's sigmas are there.
+            offset = getattr(pipe.scheduler, "begin_index", None) or 0
+            clean = clean_estimate(pipe.scheduler, offset + step_index, latents, self.previous)
             for job in wanted:
                 row = self.row_jobs.index(job)
                 self.on_preview(job, step, self.total_steps, decode_latents(pipe, clean[row : row + 1]))
@@ -163,7 +201,8 @@ class StepHook:
     def drop_rows(self, tensors: dict[str, Any]) -> dict[str, Any]:
         """The call's tensors without the rows of canceled jobs; {} when none of them is left in the call.
 
-        Only without guidance: the unguided step runs the transformer on whatever batch ``latents`` and
+        Only without guidance (the same in ZImagePipeline and ZImageImg2ImgPipeline, whose loops are alike
+        from the start latents on): the unguided step runs the transformer on whatever batch ``latents`` and
         ``prompt_embeds`` hold and steps each row on its own (``timestep`` follows ``latents.shape[0]``;
         ``actual_batch_size`` is read only in the CFG branch), and the decode takes what is left. Under CFG
         the pipeline splits the transformer's output at ``actual_batch_size``, fixed at the start of the call,
@@ -177,6 +216,12 @@ class StepHook:
         self.row_jobs = [self.row_jobs[row] for row in keep]
         index = torch.tensor(keep, device=latents.device)
         return {"latents": latents.index_select(0, index), "prompt_embeds": [embeds[row] for row in keep]}
+
+
+def init_image_of(job: ImageJob) -> Image.Image:
+    if job.init_image is None:
+        raise ValueError("an image-to-image job has no init image")
+    return job.init_image
 
 
 def clean_estimate(scheduler: Any, step_index: int, latents: Any, previous: Any) -> Any:
@@ -246,6 +291,8 @@ class DevicePipeline:
         self.revision = revision
         self.vae_tiling_above = vae_tiling_above
         self.pipe: Any = None
+        # ZImageImg2ImgPipeline over ``pipe``'s own modules (``load``): no weight is held twice.
+        self.img2img: Any = None
         # Pipeline calls per (width, height), warm-up included: whether a request is the first at its size.
         self.calls_by_shape: Counter[tuple[int, int]] = Counter()
         self.tiled_calls = 0
@@ -264,7 +311,7 @@ class DevicePipeline:
             return None
 
     def load(self, *, attention_backend: str | None = None, compile_transformer: bool = False) -> None:
-        from diffusers import ZImagePipeline
+        from diffusers import ZImageImg2ImgPipeline, ZImagePipeline
 
         quiet_progress_bars()
 
@@ -304,6 +351,10 @@ class DevicePipeline:
             # share a few compiled graphs, so start-up compiles a block or two, not the whole model.
             pipe.transformer.compile_repeated_blocks()
         self.pipe = pipe
+        # Built after the attention backend and compilation, so it runs the same (shared) transformer. The
+        # scheduler is shared too: safe, since one runner drives both and set_timesteps resets its state.
+        self.img2img = ZImageImg2ImgPipeline(**pipe.components)
+        self.img2img.set_progress_bar_config(disable=True)
 
     def count_tokens(self, prompt: str) -> int:
         """Tokens the text encoder sees for this prompt, counted the way the pipeline templates it."""
@@ -337,7 +388,9 @@ class DevicePipeline:
         than ``num_images_per_prompt``: that argument is per call, and one call mixes jobs of any count.
         ``on_step`` hears every denoising step; a job in ``canceled()`` gets no images (an empty list), and
         when every job is, the call raises ``GenerationCanceled`` at the next step. ``on_preview`` gets each
-        job's partial images (``ImageJob.previews``), decoded on this thread between steps. Live jobs get
+        job's partial images (``ImageJob.previews``), decoded on this thread between steps. Image-to-image
+        jobs (``strength`` set; never batched with text-to-image) run the img2img pipeline, each entry from
+        its job's ``init_image`` and seed; their steps are ``steps_run``. Live jobs get
         the images their seeds make whatever their neighbours do: a canceled neighbour's rows leave the
         call, never move into another job's place.
         """
@@ -361,16 +414,21 @@ class DevicePipeline:
         self.calls_by_shape[(first.width, first.height)] += 1
         hook = StepHook(
             [index for index, _, _ in entries],
-            first.steps,
+            first.steps_run,
             guided=first.guidance_scale > 0,
             on_step=on_step,
             canceled=canceled,
             previews={index: job.previews for index, job in enumerate(jobs) if job.previews},
             on_preview=on_preview,
         )
+        # Image-to-image: each entry starts from its own job's image (the batch key keeps one strength).
+        img2img: dict[str, Any] = {}
+        if first.strength is not None:
+            img2img = {"image": [init_image_of(job) for _, job, _ in entries], "strength": first.strength}
         started = time.perf_counter()
         try:
-            out = self.pipe(
+            out = (self.img2img if img2img else self.pipe)(
+                **img2img,
                 prompt=[job.prompt for _, job, _ in entries],
                 negative_prompt=negative,
                 height=first.height,

@@ -92,6 +92,22 @@ class ImageSettings(ServiceSettings):
     # Empty: the detector bundled with nudenet.
     output_safety_model: str = ""
 
+    # Image-to-image (a request with ``init_image``, e.g. a persona's avatar): the strength used when the
+    # request gives none. Per role, since a worker pod is one role: lower keeps more of the start image
+    # (a face, an outfit), higher follows the prompt more. Suggested values: DEPLOYMENT.md, "Image to image".
+    img2img_strength: float = Field(0.6, gt=0.0, le=1.0)
+    # The strengths a request may ask for (422 naming ``strength`` outside); on /healthz ``limits``.
+    img2img_min_strength: float = Field(0.1, gt=0.0, le=1.0)
+    img2img_max_strength: float = Field(1.0, gt=0.0, le=1.0)
+    # The start image's limits, on its decoded bytes (413 over) and header pixel count (413 over); a
+    # process-wide budget of twice the pixel limit bounds concurrent decodes.
+    init_image_max_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    init_image_max_pixels: int = Field(4096 * 4096, ge=256)
+    # A request with a start image is JSON with the image in base64 (4/3 of its bytes): the body limits of
+    # every service (2 MiB, 1 MiB for JSON) would refuse an avatar, so this worker takes up to 6 MiB.
+    max_body_bytes: int = Field(6 * 1024 * 1024, ge=1024)
+    max_json_bytes: int = Field(6 * 1024 * 1024, ge=1024)
+
     @field_validator("output_safety_thresholds")
     @classmethod
     def _exposed_classes_only(cls, value: dict[str, float]) -> dict[str, float]:
@@ -138,6 +154,8 @@ class ImageSettings(ServiceSettings):
             raise ValueError("default_steps is over max_steps")
         if self.default_guidance > self.max_guidance:
             raise ValueError("default_guidance is over max_guidance")
+        if not self.img2img_min_strength <= self.img2img_strength <= self.img2img_max_strength:
+            raise ValueError("img2img_strength must lie within [img2img_min_strength, img2img_max_strength]")
         if self.drain_timeout_s < self.inference_timeout_s:
             raise ValueError("drain_timeout_s must be at least inference_timeout_s")
         self._warmup_sizes_valid()

@@ -51,7 +51,8 @@ async def answer(
     soft_blocked: bool = False,
 ) -> GenerateResponse | Response:
     """The plain JSON answer, or the progress stream when the caller accepts it."""
-    admission = engine.admit(params)
+    # A bad start image is refused here too, as a plain HTTP error before any stream starts.
+    admission = await engine.admit_decoded(params)
     if MEDIA_TYPE not in request.headers.get("accept", ""):
         return await run_generation(
             engine, admission, output_format, route_role=route_role, soft_blocked=soft_blocked
@@ -195,6 +196,8 @@ def params_from(req: GenerateRequest, prompt: str | None = None) -> GenerationPa
         guidance_scale=req.guidance_scale,
         n=req.n,
         partial_images=req.partial_images,
+        init_image=req.init_image,
+        strength=req.strength,
     )
 
 

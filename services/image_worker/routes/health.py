@@ -36,5 +36,8 @@ async def healthz(engine: EngineDep) -> JSONResponse:
         "max_steps": s.max_steps,
         "max_guidance": s.max_guidance,
         "max_n": s.max_n,
+        # Image-to-image: a request's ``strength`` must lie in these (422 otherwise).
+        "min_strength": s.img2img_min_strength,
+        "max_strength": s.img2img_max_strength,
     }
     return JSONResponse(body, status_code=200 if engine.state == "ok" else 503)
