@@ -64,6 +64,7 @@ class ServiceProcess:
             # Each interface its own jobs file (one interface per file), unless the caller names one (a test
             # that restarts an interface on the same file).
             "INTERFACE_JOBS_SQLITE_PATH": str(self._own_jobs_file()),
+            "INTERFACE_PERSONAS_SQLITE_PATH": str(self._own_personas_file()),
             **self.extra_env,
             "PYTHONUNBUFFERED": "1",
         }
@@ -79,6 +80,14 @@ class ServiceProcess:
         path = self.log_path.with_suffix(".jobs.sqlite3")
         if "INTERFACE_JOBS_SQLITE_PATH" not in self.extra_env:
             for suffix in ("", "-wal", "-shm", ".lock"):
+                path.with_name(path.name + suffix).unlink(missing_ok=True)
+        return path
+
+    def _own_personas_file(self) -> Path:
+        """A fresh personas file per process, as for jobs: an earlier run's personas must not be listed."""
+        path = self.log_path.with_suffix(".personas.sqlite3")
+        if "INTERFACE_PERSONAS_SQLITE_PATH" not in self.extra_env:
+            for suffix in ("", "-wal", "-shm"):
                 path.with_name(path.name + suffix).unlink(missing_ok=True)
         return path
 

@@ -36,6 +36,9 @@ from services.interface.jobs.webhooks import (
 from services.interface.openai_images import OPENAI_PREFIXES
 from services.interface.openai_images import router as openai_router
 from services.interface.openai_images.output_urls import FILES_PATH, OutputUrls, url_key
+from services.interface.personas.access import build_persona_store, close_persona_store
+from services.interface.personas.routes import router as personas_router
+from services.interface.personas.store import PersonaStore
 from services.interface.pool_set import build_pools, client_limits
 from services.interface.rate_limits import RateLimiter
 from services.interface.routes import chat, health, profile
@@ -78,6 +81,7 @@ def build_jobs(
     flows: Flows,
     metrics: ServiceMetrics,
     webhooks: WebhookSender | None = None,
+    personas: PersonaStore | None = None,
 ) -> JobManager:
     store: JobStore
     dispatcher: Dispatcher
@@ -103,7 +107,7 @@ def build_jobs(
         dispatcher = LocalDispatcher(queues)
 
     async def rebuild(record: JobRecord, blob: bytes | None) -> Any:
-        return await build_work(flows, record.route, record.spec, blob)
+        return await build_work(flows, record.route, record.spec, blob, owner=record.owner, personas=personas)
 
     config = JobConfig(
         output_ttl_s=settings.jobs_output_ttl_s,
@@ -140,7 +144,10 @@ def create_app(settings: InterfaceSettings | None = None) -> FastAPI:
         sender = WebhookSender(hooks, webhook_client(hooks), metrics) if hooks.secret else None
         if sender is not None:
             app.state.check_webhook = functools.partial(check_target, config=hooks)
-        jobs = build_jobs(settings, queues, flows, metrics, sender)
+        personas = build_persona_store(settings)
+        await personas.start()
+        app.state.personas = personas
+        jobs = build_jobs(settings, queues, flows, metrics, sender, personas)
         await jobs.start()
         app.state.jobs = jobs
         try:
@@ -154,6 +161,7 @@ def create_app(settings: InterfaceSettings | None = None) -> FastAPI:
             await jobs.close()
             if isinstance(jobs.store, RedisJobStore):
                 await jobs.store.redis.aclose()
+            await close_persona_store(personas)
             if sender is not None:
                 await sender.close()
                 await sender.client.aclose()
@@ -167,7 +175,7 @@ def create_app(settings: InterfaceSettings | None = None) -> FastAPI:
         title="img_pod interface",
         version=VERSION,
         lifespan=lifespan,
-        routers=[health.router, profile.router, chat.router, jobs_router, openai_router],
+        routers=[health.router, profile.router, chat.router, jobs_router, personas_router, openai_router],
         metrics=metrics,
         keys=settings.api_keys,
         max_body_bytes=settings.max_body_bytes,

@@ -14,6 +14,8 @@ from pydantic import BaseModel
 from services.interface.flows import Flows
 from services.interface.jobs.manager import Work
 from services.interface.jobs.records import JobRoute
+from services.interface.personas.access import resolve_persona
+from services.interface.personas.store import PersonaStore
 from shared.models import JOB_OPTION_FIELDS, ChatImageRequest, ImageGenRequest
 from shared.roles import ChatKind
 
@@ -33,11 +35,21 @@ async def build_work(
     spec: dict[str, Any],
     blob: bytes | None,
     validated: BaseModel | None = None,
+    *,
+    owner: str | None = None,
+    personas: PersonaStore | None = None,
 ) -> Work:
     """The job's work; ``validated``: the route's own model of this spec (its seed fixed), which saves
-    validating the spec again on the request's path. A rebuilt job validates its stored spec."""
+    validating the spec again on the request's path. A rebuilt job validates its stored spec. ``owner``: the
+    job's API key, whose ``persona_id`` a chat spec may name (resolved from ``personas`` on every build: the
+    spec keeps the id, so a rebuilt job reads the persona as it is then, or fails if it was deleted)."""
     if route in CHAT_KINDS:
         chat_req = _model(ChatImageRequest, spec, validated)
+        if chat_req.persona_id is not None:
+            if personas is None:
+                raise ValueError("a chat job names a persona but no persona store was given")
+            persona = await resolve_persona(personas, owner, chat_req.persona_id)
+            chat_req = chat_req.model_copy(update={"persona": persona.features, "persona_id": None})
         chat = await flows.prepare_chat_image(CHAT_KINDS[route], chat_req)
         return lambda: flows.chat_image(chat)
     if route == "private":

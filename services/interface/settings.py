@@ -176,6 +176,13 @@ class InterfaceSettings(ServiceSettings):
     # On shutdown, deliveries still queued or in flight get this long, then are cancelled (counted dropped).
     jobs_webhook_close_timeout_s: float = Field(5.0, ge=0, le=60)
 
+    # Personas (services/interface/personas/): stored where the jobs are. One interface: this SQLite file;
+    # with jobs_redis_url, that Redis under this prefix, shared by every replica.
+    personas_sqlite_path: Path = Path(".local/personas.sqlite3")
+    personas_redis_prefix: str = Field("imgpod:personas:", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
+    # Personas one API key may keep; past it, creating one is refused (409) until some are deleted.
+    personas_max_per_key: int = Field(1000, ge=1, le=1_000_000)
+
     @field_validator("jobs_webhook_secret")
     @classmethod
     def _webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:

@@ -126,7 +126,9 @@ async def submit_job(
     if asynchronous is None:
         asynchronous = wants_async(request)
     key = idempotency_key(request)
-    work = await build_work(state.flows, route, spec, blob, request_model)
+    work = await build_work(
+        state.flows, route, spec, blob, request_model, owner=owner, personas=state.personas
+    )
     digest = body_hash(client_body(), blob) if key is not None else None
     if key is not None:
         earlier = await manager.store.find_idempotent(owner, key)

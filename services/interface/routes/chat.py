@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from services.interface.admission import run_admitted
+from services.interface.admission import owner_of, run_admitted
 from services.interface.deps import FlowsDep, QueuesDep
 from services.interface.flows import fixed_seed
 from services.interface.job_kinds import request_spec
 from services.interface.jobs.records import JobRoute
 from services.interface.jobs.submission import ACCEPTED, run_job
+from services.interface.personas.access import resolve_persona
 from shared.errors import ImgPodError
 from shared.models import (
     ChatImageRequest,
@@ -70,7 +71,13 @@ async def private_image(req: ImageGenRequest, request: Request) -> object:
 async def chat_reply(
     req: ReplyRequest, request: Request, flows: FlowsDep, queues: QueuesDep
 ) -> ReplyResponse:
-    """An in-character reply from the persona; a labelled template one when the LLM cannot answer."""
+    """An in-character reply from the persona (``persona``, or a stored one's ``persona_id``); a labelled
+    template one when the LLM cannot answer."""
+    if req.persona_id is not None:
+        # The LLM reply takes appearance features only: a stored persona's personality and speaking style
+        # are not sent (the LLM pod's ReplyRequest has no field for them).
+        persona = await resolve_persona(request, owner_of(request), req.persona_id)
+        req = req.model_copy(update={"persona": persona.features, "persona_id": None})
     checked = await flows.prepare_reply(req)
     try:
         return await run_admitted(request, queues["reply"], lambda: flows.reply(checked))

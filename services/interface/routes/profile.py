@@ -1,13 +1,13 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 
-from services.interface.deps import QueuesDep, SettingsDep
 from services.interface.flows import fixed_seed
-from services.interface.jobs.submission import ACCEPTED, run_job
+from services.interface.jobs.submission import ACCEPTED, Submitted, answer, submit_job
+from services.interface.settings import InterfaceSettings
 from shared.errors import PayloadTooLarge
 from shared.image_params import MAX_GUIDANCE, MAX_IMAGES, MAX_STEPS
 from shared.images import probe_upload
@@ -19,8 +19,6 @@ router = APIRouter(tags=["profile"])
 @router.post("/v1/profile/create", response_model=ProfileCreateResponse, responses=ACCEPTED)
 async def create_profile(
     request: Request,
-    queues: QueuesDep,
-    settings: SettingsDep,
     file: Annotated[UploadFile, File(description="The selfie: JPEG, PNG or WebP")],
     style: Annotated[
         str | None, Form(max_length=200, description="A style preset's name, or free text for the avatar")
@@ -35,8 +33,26 @@ async def create_profile(
     ] = None,
 ) -> object:
     """Selfie in, avatar out: face and features from the selfie worker, then the profile image(s)."""
+    form = {"style": style, "steps": steps, "guidance_scale": guidance_scale, "n": n}
+    options = JobOptions(webhook=webhook, webhook_events_filter=webhook_events_filter)
+    return await answer(request, await submit_profile(request, file, form, seed, options))
+
+
+async def submit_profile(
+    request: Request,
+    file: UploadFile,
+    form: dict[str, Any],
+    seed: int | None,
+    options: JobOptions,
+    *,
+    asynchronous: bool | None = None,
+) -> Submitted:
+    """The selfie's checks, then its profile job (see ``submit_job``): shared by this route and the personas
+    made from a selfie. ``form``: style, steps, guidance_scale, n, validated with the route's bounds."""
+    settings: InterfaceSettings = request.app.state.settings
+    n = form.get("n") or 1
     # Refuse for load before spending a decode (CPU and memory) on an upload that cannot be queued.
-    queues["profile"].check_admission(n)
+    request.app.state.queues["profile"].check_admission(n)
     data = await file.read(settings.max_upload_bytes + 1)
     if len(data) > settings.max_upload_bytes:
         raise PayloadTooLarge(f"upload is over {settings.max_upload_bytes} bytes")
@@ -46,15 +62,13 @@ async def create_profile(
     await asyncio.to_thread(
         probe_upload, data, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_upload_pixels
     )
-    form = {"style": style, "steps": steps, "guidance_scale": guidance_scale, "n": n}
     spec = {k: v for k, v in form.items() if v is not None}
     spec |= {
         "seed": fixed_seed(seed),
         "filename": file.filename or "selfie",
         "content_type": file.content_type or "application/octet-stream",
     }
-    options = JobOptions(webhook=webhook, webhook_events_filter=webhook_events_filter)
-    return await run_job(
+    return await submit_job(
         request,
         "profile",
         spec,
@@ -62,4 +76,5 @@ async def create_profile(
         client_body=lambda: {**form, "seed": seed, **options.model_dump()},
         options=options,
         blob=data,
+        asynchronous=asynchronous,
     )
