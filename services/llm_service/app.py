@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from services.llm_service.engine import LlmEngine
-from services.llm_service.routes import chat, health, moderate, openai
+from services.llm_service.routes import chat, health, moderate, openai, personas
 from services.llm_service.settings import LlmSettings
 from shared.logging_config import configure_logging
 from shared.metrics import ServiceMetrics
@@ -27,7 +27,7 @@ def create_app(settings: LlmSettings | None = None) -> FastAPI:
         title="img_pod LLM service",
         version=VERSION,
         lifespan=lifespan,
-        routers=[health.router, chat.router, moderate.router, openai.router],
+        routers=[health.router, chat.router, moderate.router, openai.router, personas.router],
         metrics=metrics,
         keys=internal_keys(settings.internal_token),
         max_body_bytes=settings.max_body_bytes,

@@ -21,8 +21,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 from services.llm_service.backends import ChatMessage, ChatResult, make_backend
 from services.llm_service.cleaning import (
@@ -187,6 +187,7 @@ class LlmEngine:
         min_tokens: int | None = None,
         seed: int | None = None,
         regex: str | None = None,
+        json_schema: Mapping[str, Any] | None = None,
     ) -> ChatResult:
         self.require_ready()
         started = time.perf_counter()
@@ -202,6 +203,7 @@ class LlmEngine:
                     min_tokens=self.settings.min_new_tokens if min_tokens is None else min_tokens,
                     seed=seed,
                     regex=regex,
+                    json_schema=json_schema,
                 ),
                 timeout=self.settings.request_timeout_s + 5,
             )

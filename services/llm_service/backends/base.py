@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, TypedDict
+from typing import Any, Literal, Protocol, TypedDict
 
 
 class ChatMessage(TypedDict):
@@ -55,6 +55,7 @@ class ChatBackend(Protocol):
         min_tokens: int = 0,
         seed: int | None = None,
         regex: str | None = None,
+        json_schema: Mapping[str, Any] | None = None,
     ) -> ChatResult: ...
 
 

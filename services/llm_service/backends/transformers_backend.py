@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -93,10 +93,12 @@ class TransformersBackend:
         min_tokens: int = 0,
         seed: int | None = None,
         regex: str | None = None,
+        json_schema: Mapping[str, Any] | None = None,
     ) -> ChatResult:
-        # ``regex`` (an answer format) is not enforced in process: transformers has no constrained decoding,
-        # so what parses the answer must fail closed on anything else, as the guard's parser does.
-        del regex
+        # Answer formats (``regex``, ``json_schema``) are not enforced in process: transformers has no
+        # constrained decoding, so what parses the answer must fail closed on anything else, as the guard's
+        # parser and the persona reader do.
+        del regex, json_schema
         if self._model is None:
             raise ModelUnavailable("model is not loaded")
         loop = asyncio.get_running_loop()

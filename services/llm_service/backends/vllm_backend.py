@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -128,6 +128,7 @@ class OpenAIServerBackend:
         min_tokens: int = 0,
         seed: int | None = None,
         regex: str | None = None,
+        json_schema: Mapping[str, Any] | None = None,
     ) -> ChatResult:
         if self._client is None:
             raise ModelUnavailable("the LLM server backend is not started")
@@ -147,6 +148,9 @@ class OpenAIServerBackend:
         if regex is not None and self.settings.structured_outputs:
             # vLLM (0.12 and later) decodes only tokens that keep the answer inside the pattern.
             payload["structured_outputs"] = {"regex": regex}
+        elif json_schema is not None and self.settings.structured_outputs:
+            # The same field's JSON kind: only answers that parse as the schema are sampled.
+            payload["structured_outputs"] = {"json": dict(json_schema)}
         try:
             resp = await self._client.post("/v1/chat/completions", json=payload)
         except httpx.HTTPError as exc:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.llm_service.backends import ChatMessage
 from services.llm_service.deps import EngineDep
@@ -36,10 +36,18 @@ class OpenAIMessage(BaseModel):
 
 
 class StructuredOutputs(BaseModel):
-    """vLLM's answer-format field (0.12+); of its kinds only ``regex``, the one the guard's callers send."""
+    """vLLM's answer-format field (0.12+); of its kinds the two this service's callers send: ``regex`` (the
+    guard's verdict) and ``json`` (a JSON schema: generated personas)."""
 
     model_config = ConfigDict(extra="forbid")
-    regex: Annotated[str, Field(max_length=MAX_CONTENT_CHARS)]
+    regex: Annotated[str, Field(max_length=MAX_CONTENT_CHARS)] | None = None
+    json_schema: dict[str, Any] | None = Field(None, alias="json")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> StructuredOutputs:
+        if (self.regex is None) == (self.json_schema is None):
+            raise ValueError("give exactly one of regex and json")
+        return self
 
 
 class ChatCompletionRequest(BaseModel):
@@ -87,6 +95,7 @@ async def chat_completions(req: ChatCompletionRequest, engine: EngineDep) -> dic
         min_tokens=min(req.min_tokens, max_tokens),
         seed=req.seed,
         regex=req.structured_outputs.regex if req.structured_outputs else None,
+        json_schema=req.structured_outputs.json_schema if req.structured_outputs else None,
     )
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
