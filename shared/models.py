@@ -190,6 +190,8 @@ class GenerateResponse(OpenModel):
     soft_blocked: bool = False
     # True when the pixels themselves passed the output safety check (moderated roles).
     safety_checked: bool = False
+    # Image-to-image: the strength the worker used (the request's or its role's default); null otherwise.
+    strength: float | None = None
     model: str
     role: str
     timings_ms: Timings = Field(default_factory=dict)
@@ -352,8 +354,13 @@ class ChatImageRequest(ImageParams, JobOptions):
     message: NonEmptyMessage
     history: History = Field(default_factory=list)
     persona: Features | None = None
-    # A stored persona of the same API key (POST /v1/personas): its features stand in for ``persona``.
+    # A stored persona of the same API key (POST /v1/personas): its features stand in for ``persona``, and its
+    # approved avatar is where the image starts (the appearance lock) unless ``appearance_lock`` is false.
     persona_id: PersonaId | None = None
+    appearance_lock: bool = True
+    # How far the image may move from the avatar, (0, 1]: the image worker's role default when absent; within
+    # the deployed workers' bounds. Only used when the image starts from an avatar.
+    strength: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
     # A preset of shared/styles.py: the LLM expansion is asked to render it.
     style: StyleName | None = None
 
@@ -378,6 +385,26 @@ class ImageParamsUsed(OpenModel):
     style: StyleName | None = None
 
 
+class AppearanceLock(OpenModel):
+    """How a persona's image was tied to its approved avatar: started from it (image to image)."""
+
+    mode: Literal["img2img"] = "img2img"
+    persona_id: str
+    avatar_index: int
+    strength: float | None = None
+
+
+class IdentityReport(OpenModel):
+    """How close the image's face is to the avatar's (cosine of face embeddings, -1..1)."""
+
+    similarity: float | None = None
+    # Why there is no number: no face found on one side, or the check could not be made.
+    reason: str | None = None
+    # False where the embedder cannot mean anything (the tiny random test models): plumbing, not a measure.
+    meaningful: bool = False
+    embedder: str | None = None
+
+
 class ChatImageResponse(ImageParamsUsed):
     image_base64: str
     caption: str
@@ -390,6 +417,10 @@ class ChatImageResponse(ImageParamsUsed):
     caption_source: Source = "model"
     # What the content policy decided for this image's prompt (docs/MODERATION.md).
     moderation: Moderation | None = None
+    # Set when the image started from the persona's approved avatar (``persona_id``).
+    appearance_lock: AppearanceLock | None = None
+    # The face of the (first) image against the avatar's, when the image started from an avatar.
+    identity: IdentityReport | None = None
     timings_ms: Timings = Field(default_factory=dict)
 
 

@@ -23,6 +23,7 @@ from typing import Any, Literal, TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
 
+from services.interface.appearance import IdentityCheck, StartFrom, StartImage, check_strength
 from services.interface.guard import Guard, soften
 from services.interface.jobs.progress import progress_sink
 from services.interface.pool_set import Pools
@@ -33,12 +34,14 @@ from shared.metrics import ServiceMetrics
 from shared.models import (
     MAX_SEED,
     AnalyzeResponse,
+    AppearanceLock,
     CaptionResponse,
     ChatImageRequest,
     ChatImageResponse,
     CoverageReason,
     ExpandResponse,
     GenerateResponse,
+    IdentityReport,
     ImageGenRequest,
     ImageGenResponse,
     ImageParams,
@@ -138,6 +141,12 @@ async def check_negative_prompt(req: ImageParams) -> None:
         enforce(await decide_off_loop(evaluate_private_chat, req.negative_prompt), "policy")
 
 
+def _start_fields(job: TextImageJob) -> dict[str, Any]:
+    if job.init_image is None:
+        return {}
+    return {"init_image": job.init_image, **({"strength": job.strength} if job.strength is not None else {})}
+
+
 async def both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
     """Both results, run side by side; the first failure is raised at once and the other is cancelled (a
     caption that cannot be written stops the image it would go with, and the reverse)."""
@@ -193,6 +202,8 @@ class ChatJob:
     seed: int
     # Why the message needs coverage (moderated kinds only): the expansion is told so.
     coverage: CoverageReason | None = None
+    # The persona's approved avatar, where the image starts (the appearance lock); None: text to image.
+    start: StartImage | None = None
 
     @property
     def moderated(self) -> bool:
@@ -211,6 +222,9 @@ class TextImageJob:
     moderated: bool
     # Why the word rules covered the prompt, when they did.
     coverage: CoverageReason | None = None
+    # Image to image (the OpenAI edits route): the start image as base64 JPEG, and how far from it.
+    init_image: str | None = None
+    strength: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,6 +281,7 @@ class Flows:
         self.settings = settings
         self.guard = guard
         self.moderation = ModerationCounts(metrics)
+        self.identity = IdentityCheck(pools.selfie, settings.identity_timeout_s, metrics)
 
     # --- profile ---------------------------------------------------------------------------------------
 
@@ -345,7 +360,9 @@ class Flows:
 
     # --- chat images -----------------------------------------------------------------------------------
 
-    async def prepare_chat_image(self, kind: ChatKind, req: ChatImageRequest) -> ChatJob:
+    async def prepare_chat_image(
+        self, kind: ChatKind, req: ChatImageRequest, start: StartImage | None = None
+    ) -> ChatJob:
         moderated = chat_policy(kind).soft_block
         decision = await decide_off_loop(
             sanitize_general if moderated else evaluate_private_chat, req.message
@@ -354,7 +371,8 @@ class Flows:
         enforce(decision, "policy")
         await check_negative_prompt(req)
         check_params(self.pools.chat_pool(kind), req)
-        return ChatJob(kind, req, fixed_seed(req.seed), decision.coverage if moderated else None)
+        check_strength(self.pools.chat_pool(kind), req.strength, starts_from_avatar=start is not None)
+        return ChatJob(kind, req, fixed_seed(req.seed), decision.coverage if moderated else None, start)
 
     async def chat_image(self, job: ChatJob) -> ChatImageResponse:
         return await self.moderation.counted(CHAT_KIND_ROLE[job.kind], self._chat_image(job))
@@ -408,20 +426,39 @@ class Flows:
             else Moderation(decision="neutral")
         )
 
-        async def generate() -> dict[str, Any]:
+        start = job.start
+        fields: dict[str, Any] = {"prompt": prompt, "seed": job.seed, **generation_fields(req)}
+        if start is not None:
+            fields["init_image"] = start.image_base64
+            if req.strength is not None:
+                fields["strength"] = req.strength
+
+        async def generate() -> tuple[GenerateResponse, IdentityReport | None]:
             with timer.stage("generate"):
-                return await self.pools.chat_pool(kind).request(
+                body = await self.pools.chat_pool(kind).request(
                     "POST",
                     f"/v1/chat/{kind}/generate",
                     stage="generate",
                     timeout_s=self.settings.generate_timeout_s,
                     on_progress=progress_sink.get(),
-                    json={"prompt": prompt, "seed": job.seed, **generation_fields(req)},
+                    json=fields,
                 )
+            generated = parse_upstream(GenerateResponse, body, "generate")
+            if start is None or not self.settings.identity_check:
+                return generated, None
+            with timer.stage("identity"):
+                role = CHAT_KIND_ROLE[kind]
+                return generated, await self.identity.report(role, start.image_base64, generated.image_base64)
 
         # The caption depends on the final prompt only: it is written while the image is made.
-        body, (caption, caption_source) = await both(generate(), self._caption(prompt, req.message, timer))
-        generated = parse_upstream(GenerateResponse, body, "generate")
+        (generated, identity), (caption, caption_source) = await both(
+            generate(), self._caption(prompt, req.message, timer)
+        )
+        lock = None
+        if start is not None:
+            lock = AppearanceLock(
+                persona_id=start.persona_id, avatar_index=start.avatar_index, strength=generated.strength
+            )
         used = params_used(generated, req.n, req.style)
         return ChatImageResponse(
             image_base64=generated.image_base64,
@@ -433,6 +470,8 @@ class Flows:
             source=expanded.source,
             caption_source=caption_source,
             moderation=moderation,
+            appearance_lock=lock,
+            identity=identity,
             timings_ms=timer.done(),
             **used,
         )
@@ -461,15 +500,21 @@ class Flows:
     # No LLM writes these prompts: the style's phrase is appended here, before the word rules, so they judge
     # the very text the worker gets (the phrases are ours and pass them; the guard reads the client's prompt).
 
-    async def prepare_private_image(self, req: ImageGenRequest) -> TextImageJob:
+    async def prepare_private_image(
+        self, req: ImageGenRequest, start: StartFrom | None = None
+    ) -> TextImageJob:
         styled = with_style(req.prompt, req.style)
         private = await decide_off_loop(evaluate_private_chat, styled)
         self.moderation.blocked("chat1to1", private)
         prompt = enforce(private, "policy")
         path, moderated = "/v1/chat/1to1/generate", policy_for("chat1to1").soft_block
-        return await self._text_job(self.pools.chat1to1, path, req, prompt, False, moderated=moderated)
+        return await self._text_job(
+            self.pools.chat1to1, path, req, prompt, False, moderated=moderated, start=start
+        )
 
-    async def prepare_general_image(self, req: ImageGenRequest) -> TextImageJob:
+    async def prepare_general_image(
+        self, req: ImageGenRequest, start: StartFrom | None = None
+    ) -> TextImageJob:
         decision = await decide_off_loop(sanitize_general, with_style(req.prompt, req.style))
         self.moderation.blocked("general", decision)
         prompt = enforce(decision, "policy")
@@ -482,6 +527,7 @@ class Flows:
             decision.soft_blocked,
             moderated=moderated,
             coverage=decision.coverage,
+            start=start,
         )
 
     async def _text_job(
@@ -494,10 +540,16 @@ class Flows:
         *,
         moderated: bool,
         coverage: CoverageReason | None = None,
+        start: StartFrom | None = None,
     ) -> TextImageJob:
         await check_negative_prompt(req)
         check_params(pool, req)
-        return TextImageJob(pool, path, req, prompt, soft, fixed_seed(req.seed), moderated, coverage)
+        strength = start.strength if start else None
+        check_strength(pool, strength, starts_from_avatar=start is not None)
+        init_image = start.image_base64 if start else None
+        return TextImageJob(
+            pool, path, req, prompt, soft, fixed_seed(req.seed), moderated, coverage, init_image, strength
+        )
 
     async def text_image(self, job: TextImageJob) -> ImageGenResponse:
         return await self.moderation.counted(
@@ -518,7 +570,7 @@ class Flows:
                 stage="generate",
                 timeout_s=self.settings.generate_timeout_s,
                 on_progress=progress_sink.get(),
-                json={"prompt": prompt, "seed": job.seed, **generation_fields(job.req)},
+                json={"prompt": prompt, "seed": job.seed, **generation_fields(job.req), **_start_fields(job)},
             )
         generated = parse_upstream(GenerateResponse, body, "generate")
         return ImageGenResponse(

@@ -69,6 +69,9 @@ class WorkerLimits:
     max_guidance: float
     # Images per request (all of them in one of the worker's batches).
     max_n: int
+    # Image-to-image strength a request may ask for (a worker from before image-to-image: none).
+    min_strength: float = 1.0
+    max_strength: float = 0.0
 
 
 @dataclass(slots=True, eq=False)
@@ -159,6 +162,8 @@ class WorkerPool:
             max_steps=min(k.max_steps for k in known),
             max_guidance=min(k.max_guidance for k in known),
             max_n=min(k.max_n for k in known),
+            min_strength=max(k.min_strength for k in known),
+            max_strength=min(k.max_strength for k in known),
         )
 
     def on_change(self, listener: Callable[[int], None]) -> None:
@@ -605,6 +610,8 @@ def _advertised_limits(resp: httpx.Response) -> WorkerLimits | None:
             # A worker from before these were advertised: any guidance its schema took, one image per call.
             float(limits.get("max_guidance", MAX_GUIDANCE)),
             int(limits.get("max_n", 1)),
+            float(limits.get("min_strength", 1.0)),
+            float(limits.get("max_strength", 0.0)),
         )
     except (ValueError, KeyError, TypeError):
         return None

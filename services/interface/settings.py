@@ -116,6 +116,13 @@ class InterfaceSettings(ServiceSettings):
     # Bound of one guard answer once the call is sent (like every stage timeout); past it, 503 in enforce.
     guard_timeout_s: float = Field(3.0, gt=0)
 
+    # Personas' chat images (persona_id): img2img starts each from the persona's approved avatar (the image
+    # workers' IMAGE_IMG2IMG_STRENGTH, or the request's strength); off: text to image from the features only.
+    appearance_lock: Literal["img2img", "off"] = "img2img"
+    # Such an image's face is compared with the avatar's on the selfie worker (identity in the response).
+    identity_check: bool = True
+    identity_timeout_s: float = Field(10.0, gt=0)
+
     # The OpenAI-compatible images API (services/interface/openai_images/). Most images one request may ask
     # for (``n``); each is its own item in the model's queue.
     openai_max_n: int = Field(4, ge=1, le=16)

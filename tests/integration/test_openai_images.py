@@ -14,6 +14,7 @@ import itertools
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -243,13 +244,71 @@ def test_models_lists_the_deployed_image_models(api: ServiceProcess) -> None:
     assert ids == ["img-pod-general", "img-pod-private"]
 
 
-def test_edits_is_a_clear_400(api: ServiceProcess) -> None:
-    png = io.BytesIO()
-    Image.new("RGB", (32, 32)).save(png, format="PNG")
+def png_bytes(color: tuple[int, int, int], size: tuple[int, int] = (96, 64)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, color).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_edits_start_from_the_uploaded_image(api: ServiceProcess) -> None:
+    sdk = client(api)
+
+    def edit(image: bytes, **extra: object) -> str:
+        result = sdk.images.edit(
+            image=("in.png", image, "image/png"),
+            prompt="make it a watercolour",
+            model="img-pod-private",
+            size="64x64",
+            extra_body={"seed": 3, "steps": 4, **extra},
+        )
+        assert result.data is not None and len(result.data) == 1
+        b64 = result.data[0].b64_json
+        assert b64 is not None and png_size(b64) == (64, 64)
+        return b64
+
+    red, blue = png_bytes((200, 30, 30)), png_bytes((30, 30, 200))
+    first = edit(red, strength=0.5)
+    assert edit(red, strength=0.5) == first, "same image, seed and strength: the same edit"
+    # The image is where it starts: another image, or another strength, gives another edit.
+    assert edit(blue, strength=0.5) != first
+    assert edit(red, strength=0.9) != first
+    # As a URL too, from the job's stored output.
+    as_url = sdk.images.edit(
+        image=("in.png", red, "image/png"), prompt="make it a watercolour", model="img-pod-private",
+        size="64x64", response_format="url", extra_body={"seed": 3, "steps": 4, "strength": 0.5},
+    )  # fmt: skip
+    assert as_url.data is not None and as_url.data[0].url is not None
+    fetched = httpx.get(as_url.data[0].url)
+    assert fetched.status_code == 200 and base64.b64encode(fetched.content).decode() == first
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "param"),
+    [
+        ({"mask": ("mask.png", b"", "image/png")}, "mask"),
+        ({"model": "img-pod-scenes"}, "model"),
+        ({"extra_body": {"strength": 0.01}}, "strength"),
+        ({"extra_body": {"frobnicate": "1"}}, "frobnicate"),
+        ({"image": ("in.txt", b"not an image", "text/plain")}, "image"),
+    ],
+)
+def test_refused_edits_are_400_naming_the_param(
+    api: ServiceProcess, kwargs: dict[str, Any], param: str
+) -> None:
+    args: dict[str, Any] = {
+        "image": ("in.png", png_bytes((0, 128, 0)), "image/png"),
+        "prompt": "make it blue",
+    }
     with pytest.raises(openai.BadRequestError) as caught:
-        client(api).images.edit(image=("in.png", png.getvalue(), "image/png"), prompt="make it blue")
-    assert caught.value.code == "not_deployed"
-    assert "image-to-image" in caught.value.message
+        client(api).images.edit(**{**args, **kwargs})
+    assert caught.value.param == param, caught.value.body
+
+
+def test_persona_and_strength_are_refused_where_nothing_uses_them(api: ServiceProcess) -> None:
+    for extra, param in (({"persona_id": "per_" + "0" * 24}, "persona_id"), ({"strength": 0.5}, "strength")):
+        with pytest.raises(openai.BadRequestError) as caught:
+            client(api).images.generate(prompt="a small boat", extra_body=extra)
+        assert caught.value.param == param, caught.value.body
 
 
 def rejected_full(api: ServiceProcess) -> float:

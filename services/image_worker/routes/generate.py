@@ -173,6 +173,7 @@ async def run_generation(
         prompt_truncated=generated.prompt_truncated,
         soft_blocked=soft_blocked,
         safety_checked=generated.safety_checked,
+        strength=job.strength,
         model=engine.public_model,
         role=engine.settings.role,
         timings_ms={

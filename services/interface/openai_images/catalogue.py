@@ -13,6 +13,7 @@ from typing import Any
 
 from services.interface.jobs.records import JobRoute
 from services.interface.pool_set import Pools
+from shared.errors import ValidationFailed
 from shared.models import ChatImageRequest, ImageGenRequest
 
 NativeRequest = ImageGenRequest | ChatImageRequest
@@ -30,6 +31,8 @@ class Wanted:
     guidance_scale: float | None
     n: int
     partial_images: int
+    persona_id: str | None = None
+    strength: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +65,20 @@ class ImageModel:
             "partial_images": wanted.partial_images,
         }
         if self.chat:
-            return ChatImageRequest(message=wanted.prompt, **fields)
+            persona = {"persona_id": wanted.persona_id, "strength": wanted.strength}
+            return ChatImageRequest(message=wanted.prompt, **fields, **persona)
+        if wanted.strength is not None:
+            raise ValidationFailed(
+                "strength: only for an image that starts from another one: a chat model with persona_id, "
+                "or /v1/images/edits",
+                param="strength",
+            )
+        if wanted.persona_id is not None:
+            raise ValidationFailed(
+                f"persona_id: {self.id} draws no persona; the chat models "
+                f"({', '.join(m.id for m in MODELS.values() if m.chat)}) do",
+                param="persona_id",
+            )
         return ImageGenRequest(prompt=wanted.prompt, **fields)
 
     def images(self, response: Any) -> list[Generated]:

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, field_validator
 
 from shared.image_params import GuidanceScale, PartialImages, Steps
-from shared.models import NonEmptyPrompt, Seed, StrictModel
+from shared.models import NonEmptyPrompt, PersonaId, Seed, StrictModel
 
 DEFAULT_MODEL = "img-pod-general"
 _SIZE = re.compile(r"(\d{2,4})x(\d{2,4})")
@@ -65,7 +65,10 @@ class ImageGenerationRequest(StrictModel):
     seed: Seed | None = None
     steps: Steps | None = None
     guidance: GuidanceScale | None = None
-    persona_id: Text | None = None
+    # A stored persona (POST /v1/personas) of the same key, for the chat models: its features, and its
+    # approved avatar as the start image (the appearance lock), at ``strength`` or the workers' default.
+    persona_id: PersonaId | None = None
+    strength: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
 
     @field_validator("size")
     @classmethod
@@ -73,11 +76,40 @@ class ImageGenerationRequest(StrictModel):
         parse_size(value)
         return value
 
-    @field_validator("persona_id")
+    @property
+    def dimensions(self) -> tuple[int, int] | None:
+        return parse_size(self.size)
+
+
+class ImageEditRequest(StrictModel):
+    """The form fields of ``POST /v1/images/edits`` besides the image: the generation's, less streaming."""
+
+    prompt: NonEmptyPrompt
+    model: Annotated[str, Field(max_length=64)] = DEFAULT_MODEL
+    n: Annotated[int, Field(ge=1)] | None = None
+    size: Annotated[str, Field(max_length=16)] | None = None
+    response_format: Literal["b64_json", "url"] | None = None
+    # Streamed edits are not served here: refused by this literal (false is accepted).
+    stream: Literal[False] | None = None
+    partial_images: PartialImages | None = None
+    user: Text | None = None
+    safety_identifier: Text | None = None
+    quality: Literal["auto", "standard", "hd", "low", "medium", "high", "xhigh", "max"] | None = None
+    # How closely the edit follows the input: ``strength`` says it here.
+    input_fidelity: Literal["low", "high"] | None = None
+    background: Literal["auto", "opaque"] | None = None
+    output_format: Literal["png"] | None = None
+    output_compression: Annotated[int, Field(ge=0, le=100)] | None = None
+    seed: Seed | None = None
+    steps: Steps | None = None
+    guidance: GuidanceScale | None = None
+    # How far from the input image, (0, 1]: the image workers' default when absent.
+    strength: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+
+    @field_validator("size")
     @classmethod
-    def _persona(cls, value: str | None) -> str | None:
-        if value is not None:
-            raise ValueError("personas are not stored by this deployment yet; describe the persona in prompt")
+    def _size(cls, value: str | None) -> str | None:
+        parse_size(value)
         return value
 
     @property

@@ -19,18 +19,20 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 
 from services.interface.deps import PoolsDep, SettingsDep
 from services.interface.flows import fixed_seed
-from services.interface.job_kinds import request_spec
+from services.interface.job_kinds import STRENGTH, request_spec
 from services.interface.jobs.manager import JobCanceled, JobManager
 from services.interface.jobs.records import JobEvent, JobRecord, JobStatus, new_job_id
 from services.interface.jobs.submission import JobWasCanceled, Submitted, answer, submit_job
 from services.interface.openai_images.catalogue import MODELS, Generated, ImageModel, NativeRequest, Wanted
 from services.interface.openai_images.models import (
     ImageData,
+    ImageEditRequest,
     ImageGenerationRequest,
     ImagesResponse,
     ImageUsage,
@@ -38,7 +40,9 @@ from services.interface.openai_images.models import (
     ModelList,
 )
 from services.interface.openai_images.output_urls import FILES_PATH, OutputUrls
-from shared.errors import ErrorReply, ImgPodError, NotDeployed, ValidationFailed, openai_shape
+from services.interface.settings import InterfaceSettings
+from shared.errors import ErrorReply, ImgPodError, PayloadTooLarge, ValidationFailed, openai_shape
+from shared.images import probe_upload
 from shared.models import JobOptions
 from shared.request_context import get_request_id
 
@@ -98,29 +102,24 @@ async def generate_images(
     # Partial images only mean something on a stream; elsewhere nobody would see them.
     partials = (req.partial_images or 0) if req.stream else 0
     # Seeds seed, seed+1, ...: n different images, each reproducible alone from its own seed.
-    wanted = Wanted(req.prompt, width, height, fixed_seed(req.seed), req.steps, req.guidance, n, partials)
+    wanted = Wanted(
+        req.prompt,
+        width,
+        height,
+        fixed_seed(req.seed),
+        req.steps,
+        req.guidance,
+        n,
+        partials,
+        persona_id=req.persona_id,
+        strength=req.strength,
+    )
     native = _native(model, wanted)
     size = f"{width}x{height}" if width else "auto"
     url = req.response_format == "url"
     if not req.stream:
         submitted = await _submit(request, model, native, req, keep_output=url)
-        response = await answer(request, submitted)
-        images = model.images(response)
-        usage = ImageUsage.of_prompt_tokens(model.prompt_tokens(response) * len(images))
-        if url:
-            base = (settings.openai_public_url or str(request.base_url)).rstrip("/")
-            expires = int(time.time() + settings.jobs_output_ttl_s)
-            data = [
-                ImageData(
-                    url=base + urls.path(submitted.record.id, i, expires), revised_prompt=g.revised_prompt
-                )
-                for i, g in enumerate(images)
-            ]
-        else:
-            data = [ImageData(b64_json=g.image_base64, revised_prompt=g.revised_prompt) for g in images]
-        return ImagesResponse(
-            created=int(time.time()), data=data, size=None if size == "auto" else size, usage=usage
-        )
+        return await _images_response(request, model, submitted, size, url, settings, urls)
     # Subscribed before the job exists, under the id it will have: no partial image can be missed.
     job_id = new_job_id()
     stack = contextlib.AsyncExitStack()
@@ -134,6 +133,33 @@ async def generate_images(
         _stream(request, model, submitted, events, stack, size),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store"},
+    )
+
+
+async def _images_response(
+    request: Request,
+    model: ImageModel,
+    submitted: Submitted,
+    size: str,
+    url: bool,
+    settings: InterfaceSettings,
+    urls: OutputUrls,
+) -> ImagesResponse:
+    """Wait for the job and answer its images in OpenAI's shape: base64, or signed URLs of its output."""
+    response = await answer(request, submitted)
+    images = model.images(response)
+    usage = ImageUsage.of_prompt_tokens(model.prompt_tokens(response) * len(images))
+    if url:
+        base = (settings.openai_public_url or str(request.base_url)).rstrip("/")
+        expires = int(time.time() + settings.jobs_output_ttl_s)
+        data = [
+            ImageData(url=base + urls.path(submitted.record.id, i, expires), revised_prompt=g.revised_prompt)
+            for i, g in enumerate(images)
+        ]
+    else:
+        data = [ImageData(b64_json=g.image_base64, revised_prompt=g.revised_prompt) for g in images]
+    return ImagesResponse(
+        created=int(time.time()), data=data, size=None if size == "auto" else size, usage=usage
     )
 
 
@@ -152,19 +178,22 @@ async def _submit(
     request: Request,
     model: ImageModel,
     native: NativeRequest,
-    req: ImageGenerationRequest,
+    req: ImageGenerationRequest | ImageEditRequest,
     *,
     keep_output: bool = False,
     job_id: str | None = None,
+    blob: bytes | None = None,
+    extra_spec: dict[str, Any] | None = None,
 ) -> Submitted:
     try:
         return await submit_job(
             request,
             model.route,
-            request_spec(native, fixed_seed(native.seed)),
+            {**request_spec(native, fixed_seed(native.seed)), **(extra_spec or {})},
             weight=native.n,
             client_body=lambda: req.model_dump(mode="json"),
             options=JobOptions(),
+            blob=blob,
             request_model=native,
             # The OpenAI API has no 202: these requests always wait, whatever Prefer says.
             asynchronous=False,
@@ -301,13 +330,79 @@ async def _event(event: dict[str, Any]) -> str:
     return f"event: {event['type']}\ndata: {data}\n\n"
 
 
-@router.post("/v1/images/edits")
-async def edit_images() -> Response:
-    """Image to image: not deployed yet (it is the appearance-lock work's path)."""
-    raise NotDeployed(
-        "/v1/images/edits needs image-to-image generation (the appearance-lock work), which this deployment "
-        "does not have yet; use /v1/images/generations"
-    )
+_EDIT_MODELS = tuple(m.id for m in MODELS.values() if not m.chat)
+_IMAGE_FIELDS = ("image", "image[]")
+
+
+@router.post(
+    "/v1/images/edits",
+    response_model=ImagesResponse,
+    response_model_exclude_none=True,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["image", "prompt"],
+                        "properties": {
+                            "image": {"type": "string", "format": "binary"},
+                            **ImageEditRequest.model_json_schema()["properties"],
+                        },
+                    }
+                }
+            },
+        }
+    },
+)
+async def edit_images(request: Request, settings: SettingsDep, urls: UrlsDep) -> ImagesResponse:
+    """OpenAI's image edit as image to image: the model's text route, starting from the uploaded image
+    (``image``, or ``image[]`` as the SDK sends a list: one image), at ``strength`` or the default."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise ValidationFailed("image: send the edit as multipart/form-data", param="image")
+    async with request.form(max_files=2, max_fields=32) as form:
+        if "mask" in form:
+            raise ValidationFailed("mask: inpainting is not served by this deployment", param="mask")
+        uploads = [v for k, v in form.multi_items() if k in _IMAGE_FIELDS and not isinstance(v, str)]
+        if len(uploads) != 1:
+            raise ValidationFailed("image: exactly one image to edit", param="image")
+        fields = {k: v for k, v in form.multi_items() if k not in _IMAGE_FIELDS}
+        data = await uploads[0].read(settings.max_upload_bytes + 1)
+    if len(data) > settings.max_upload_bytes:
+        raise PayloadTooLarge(f"image: over {settings.max_upload_bytes} bytes", param="image")
+    try:
+        req = ImageEditRequest.model_validate(fields)
+    except ValidationError as exc:
+        # The app's own handler: the same 400 naming the field (unknown ones as unknown_parameter).
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+        ) from None
+    model = MODELS.get(req.model)
+    if model is None or model.chat:
+        raise ValidationFailed(f"model: edits are made by {' and '.join(_EDIT_MODELS)}", param="model")
+    n = req.n or 1
+    if n > settings.openai_max_n:
+        raise ValidationFailed(f"n: at most {settings.openai_max_n} on this deployment", param="n")
+    # A non-image (or a decompression bomb) is refused from its header, before anything is queued.
+    try:
+        await asyncio.to_thread(
+            probe_upload, data, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_upload_pixels
+        )
+    except ImgPodError as exc:
+        if exc.status_code == 415:
+            # OpenAI's clients expect a 400 for an input they cannot use (415 is no class of theirs).
+            raise ValidationFailed(f"image: {exc.detail}", param="image") from None
+        exc.param = "image"
+        raise
+    width, height = req.dimensions or (None, None)
+    wanted = Wanted(req.prompt, width, height, fixed_seed(req.seed), req.steps, req.guidance, n, 0)
+    native = _native(model, wanted)
+    url = req.response_format == "url"
+    extra = {STRENGTH: req.strength} if req.strength is not None else {}
+    submitted = await _submit(request, model, native, req, keep_output=url, blob=data, extra_spec=extra)
+    size = f"{width}x{height}" if width else "auto"
+    return await _images_response(request, model, submitted, size, url, settings, urls)
 
 
 @router.get(
