@@ -567,6 +567,24 @@ class PersonaDraft(StrictModel):
         return "\n".join(parts)
 
 
+class PersonaGenerate(PersonaBrief):
+    """``POST /v1/personas/generate``: the brief, and how the profile worker draws the avatar(s)."""
+
+    seed: Seed | None = None
+    steps: Steps | None = None
+    # A preset of shared/styles.py for the avatar; the house style when absent.
+    style: StyleName | None = None
+    n: ImageCount = 1
+
+
+class GeneratedPersonaView(PersonaView):
+    """The stored persona the brief made, with what only a generated one has."""
+
+    age: int
+    # "model", or "template" where the LLM service answered its labelled stand-in (LLM_TEMPLATE_FALLBACK).
+    source: Source
+
+
 class GeneratedPersona(OpenModel):
     """``persona`` as the model wrote it (validated), or, only where ``source`` is "template", a labelled
     stand-in built from the brief while the model is down or wrote junk (``LLM_TEMPLATE_FALLBACK``)."""

@@ -37,6 +37,7 @@ from services.interface.openai_images import OPENAI_PREFIXES
 from services.interface.openai_images import router as openai_router
 from services.interface.openai_images.output_urls import FILES_PATH, OutputUrls, url_key
 from services.interface.personas.access import build_persona_store, close_persona_store
+from services.interface.personas.generate import router as persona_generate_router
 from services.interface.personas.routes import router as personas_router
 from services.interface.personas.store import PersonaStore
 from services.interface.pool_set import build_pools, client_limits
@@ -175,7 +176,15 @@ def create_app(settings: InterfaceSettings | None = None) -> FastAPI:
         title="img_pod interface",
         version=VERSION,
         lifespan=lifespan,
-        routers=[health.router, profile.router, chat.router, jobs_router, personas_router, openai_router],
+        routers=[
+            health.router,
+            profile.router,
+            chat.router,
+            jobs_router,
+            persona_generate_router,
+            personas_router,
+            openai_router,
+        ],
         metrics=metrics,
         keys=settings.api_keys,
         max_body_bytes=settings.max_body_bytes,

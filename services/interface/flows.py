@@ -40,6 +40,7 @@ from shared.models import (
     ChatImageResponse,
     CoverageReason,
     ExpandResponse,
+    Features,
     GenerateResponse,
     IdentityReport,
     ImageGenRequest,
@@ -329,9 +330,26 @@ class Flows:
             if style_check is not None:
                 style_check.cancel()
         analysis = parse_upstream(AnalyzeResponse, body, "analyze")
+        generated = await self.draw_avatar(analysis.features, job, timer, style=style)
+        return ProfileCreateResponse(
+            profile_image_base64=generated.image_base64,
+            features=analysis.features,
+            features_parsed=analysis.features_parsed,
+            face=analysis.face,
+            prompt_used=generated.prompt_used,
+            seed=generated.seed,
+            timings_ms=timer.done(),
+            **params_used(generated, job.n, job.preset),
+        )
+
+    async def draw_avatar(
+        self, features: Features, job: ProfileJob, timer: StageTimer, *, style: str | None = None
+    ) -> GenerateResponse:
+        """The profile worker's avatar(s) of these features: a selfie's analysis, or a generated persona's.
+        ``style``: the job's style text once judged (the guard may have softened it)."""
         request: dict[str, Any] = {
-            "features": analysis.features.model_dump(),
-            "style": style,
+            "features": features.model_dump(),
+            "style": job.style_text if style is None else style,
             "seed": job.seed,
             "steps": job.steps,
             "guidance_scale": job.guidance_scale,
@@ -346,17 +364,7 @@ class Flows:
                 on_progress=progress_sink.get(),
                 json={k: v for k, v in request.items() if v is not None},
             )
-        generated = parse_upstream(GenerateResponse, body, "generate")
-        return ProfileCreateResponse(
-            profile_image_base64=generated.image_base64,
-            features=analysis.features,
-            features_parsed=analysis.features_parsed,
-            face=analysis.face,
-            prompt_used=generated.prompt_used,
-            seed=generated.seed,
-            timings_ms=timer.done(),
-            **params_used(generated, job.n, job.preset),
-        )
+        return parse_upstream(GenerateResponse, body, "generate")
 
     # --- chat images -----------------------------------------------------------------------------------
 

@@ -242,3 +242,91 @@ def test_the_bound_per_key_refuses_before_any_work(tmp_path: Path) -> None:
         assert call(small, "POST", "/v1/personas", json={"features": PERSONA}, headers=B).status_code == 201
         assert call(small, "DELETE", f"/v1/personas/{made[0].json()['id']}").status_code == 204
         assert call(small, "POST", "/v1/personas", json={"features": PERSONA}).status_code == 201
+
+
+def selfie_persona(api: ServiceProcess, name: str, n: int = 2) -> dict[str, Any]:
+    made = call(api, "POST", "/v1/personas", files=selfie(), data={"seed": "7", "n": str(n), "name": name})
+    assert made.status_code == 201, made.text
+    return made.json()
+
+
+def test_a_personas_chat_image_starts_from_its_approved_avatar(api: ServiceProcess) -> None:
+    bea = selfie_persona(api, "Bea")
+    message = {"message": "a picture of you reading in a cafe", "seed": 9}
+    locked = call(api, "POST", CHAT, json={**message, "persona_id": bea["id"]})
+    assert locked.status_code == 200, locked.text
+    body = locked.json()
+    # The image started from avatar 0 at the chat1to1 workers' default strength (IMAGE_IMG2IMG_STRENGTH).
+    assert body["appearance_lock"] == {
+        "mode": "img2img",
+        "persona_id": bea["id"],
+        "avatar_index": 0,
+        "strength": 0.6,
+    }
+    # Its face against the avatar's, from the selfie worker: on the tiny random models, plumbing only.
+    identity = body["identity"]
+    assert identity is not None and identity["meaningful"] is False
+    assert identity["similarity"] is not None or identity["reason"], identity
+    assert "identity" in body["timings_ms"] and "generate" in body["timings_ms"]
+
+    # Text only, per request: no start image, no identity, another image.
+    free = call(api, "POST", CHAT, json={**message, "persona_id": bea["id"], "appearance_lock": False})
+    assert free.status_code == 200, free.text
+    assert free.json()["appearance_lock"] is None and free.json()["identity"] is None
+    assert free.json()["image_base64"] != body["image_base64"]
+
+    # The same request again is the same image; another strength, or another approved avatar, another one.
+    assert (
+        call(api, "POST", CHAT, json={**message, "persona_id": bea["id"]}).json()["image_base64"]
+        == (body["image_base64"])
+    )
+    closer = call(api, "POST", CHAT, json={**message, "persona_id": bea["id"], "strength": 0.3})
+    assert closer.status_code == 200, closer.text
+    assert closer.json()["appearance_lock"]["strength"] == 0.3
+    assert closer.json()["image_base64"] != body["image_base64"]
+    assert call(api, "PUT", f"/v1/personas/{bea['id']}/avatar", json={"index": 1}).status_code == 200
+    other = call(api, "POST", CHAT, json={**message, "persona_id": bea["id"]})
+    assert other.json()["appearance_lock"]["avatar_index"] == 1
+    assert other.json()["image_base64"] != body["image_base64"]
+
+
+def test_strength_is_refused_before_the_queue_where_it_cannot_apply(api: ServiceProcess) -> None:
+    bea = selfie_persona(api, "Bea 2", n=1)
+    plain = call(api, "POST", "/v1/personas", json={"features": PERSONA}).json()
+    message = {"message": "a picture of you at the market"}
+    cases = [
+        # Below the workers' advertised bound (IMAGE_IMG2IMG_MIN_STRENGTH 0.1).
+        {**message, "persona_id": bea["id"], "strength": 0.05},
+        # No avatar to start from: a persona without one, the lock off, or no persona at all.
+        {**message, "persona_id": plain["id"], "strength": 0.5},
+        {**message, "persona_id": bea["id"], "strength": 0.5, "appearance_lock": False},
+        {**message, "persona": PERSONA, "strength": 0.5},
+    ]
+    for body in cases:
+        resp = call(api, "POST", CHAT, json=body)
+        assert resp.status_code == 422, (body, resp.text)
+        assert resp.json()["detail"].startswith("strength")
+
+
+def test_generated_persona_from_a_brief(api: ServiceProcess) -> None:
+    made = call(
+        api, "POST", "/v1/personas/generate", json={"brief": "a cheerful barista from Lisbon", "seed": 3}
+    )
+    assert made.status_code == 201, made.text
+    persona = made.json()
+    assert made.headers["Location"] == f"/v1/personas/{persona['id']}"
+    # The tiny random LLM writes junk: the LLM service's labelled stand-in (LLM_TEMPLATE_FALLBACK on here).
+    assert persona["source"] == "template"
+    assert 18 <= persona["age"] <= 100 and persona["name"]
+    assert persona["avatars"] == [{"index": 0, "approved": True}]
+    avatar = call(api, "GET", f"/v1/personas/{persona['id']}/avatars/0")
+    assert avatar.status_code == 200 and png_of(avatar.content).size == (64, 64)
+    assert call(api, "GET", f"/v1/personas/{persona['id']}").json()["name"] == persona["name"]
+    # Usable at once: its chat images start from the avatar it was drawn with.
+    chat = call(api, "POST", CHAT, json={"message": "a selfie at work", "persona_id": persona["id"]})
+    assert chat.status_code == 200, chat.text
+    assert chat.json()["appearance_lock"]["persona_id"] == persona["id"]
+    for brief in ("a 16 year old skater", "a shy schoolgirl", "sexy schoolgirl undressing"):
+        refused = call(api, "POST", "/v1/personas/generate", json={"brief": brief})
+        assert refused.status_code == 422, (brief, refused.text)
+        assert refused.json()["code"] == "policy_blocked"

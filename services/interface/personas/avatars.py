@@ -38,5 +38,9 @@ def _png(text: str) -> bytes:
 
 async def avatar_candidates(profile: ProfileCreateResponse) -> list[bytes]:
     """Up to MAX_AVATARS PNGs, the profile image first; decoded on a thread (megabytes of base64)."""
-    texts = [profile.profile_image_base64, *(image.image_base64 for image in profile.more_images)]
+    return await avatar_pngs([profile.profile_image_base64, *(i.image_base64 for i in profile.more_images)])
+
+
+async def avatar_pngs(texts: list[str]) -> list[bytes]:
+    """Up to MAX_AVATARS PNGs from the profile worker's base64 images, in order, decoded on a thread."""
     return await asyncio.to_thread(lambda: [_png(text) for text in texts[:MAX_AVATARS]])
