@@ -30,6 +30,16 @@ NonEmptyMessage = Annotated[
 ]
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 PersonaId = Annotated[str, Field(pattern=r"^per_[0-9a-f]{24}$", description="A stored persona's id")]
+MAX_PERSONA_NAME_CHARS = 80
+MAX_PERSONA_TEXT_CHARS = 500
+# Avatar candidates one persona keeps (a profile job makes up to this many per selfie).
+MAX_PERSONA_AVATARS = 4
+PersonaName = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_PERSONA_NAME_CHARS)
+]
+PersonaText = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_PERSONA_TEXT_CHARS)
+]
 Side = Annotated[int, Field(ge=16, le=2048, multiple_of=16)]
 Timings = dict[str, float]
 
@@ -286,6 +296,10 @@ class ReplyRequest(StrictModel):
     # before the LLM is asked. Excluded from dumps: the LLM pod never sees an id it cannot resolve.
     persona: Features | None = None
     persona_id: PersonaId | None = Field(None, exclude=True)
+    # Who the persona is besides its looks (a stored persona's own fields when ``persona_id`` is given).
+    name: PersonaName | None = None
+    personality: PersonaText | None = None
+    speaking_style: PersonaText | None = None
 
     @model_validator(mode="after")
     def _one_persona(self) -> ReplyRequest:
@@ -458,16 +472,14 @@ class HealthResponse(OpenModel):
 
 # --- personas (services/interface/personas/) -------------------------------------------------------------
 
-MAX_PERSONA_NAME_CHARS = 80
-MAX_PERSONA_TEXT_CHARS = 500
-# Avatar candidates one persona keeps (a profile job makes up to this many per selfie).
-MAX_PERSONA_AVATARS = 4
-PersonaName = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_PERSONA_NAME_CHARS)
-]
-PersonaText = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_PERSONA_TEXT_CHARS)
-]
+
+def persona_text(features: Features | None, *texts: str | None) -> str:
+    """Every word of a persona (its traits and its name, personality, speaking style), one per line: what the
+    word rules judge, since all of it reaches image prompts and replies later."""
+    f = features
+    traits = [f.hair_color, f.hair_style, f.eye_color, f.skin_tone, f.age_range, f.gender_presentation,
+              f.facial_hair, f.expression, *f.accessories, f.description] if f else []  # fmt: skip
+    return "\n".join(t for t in (*texts, *traits) if t)
 
 
 class PersonaCreate(StrictModel):
@@ -560,11 +572,7 @@ class PersonaDraft(StrictModel):
 
     def policy_text(self) -> str:
         """Every word of the persona, for the word rules: all of it reaches prompts and replies later."""
-        f = self.features
-        traits = [f.hair_color, f.hair_style, f.eye_color, f.skin_tone, f.age_range, f.gender_presentation,
-                  f.facial_hair, f.expression, *f.accessories, f.description]  # fmt: skip
-        parts = [self.name, self.personality, self.speaking_style, *(t for t in traits if t)]
-        return "\n".join(parts)
+        return persona_text(self.features, self.name, self.personality, self.speaking_style)
 
 
 class PersonaGenerate(PersonaBrief):
@@ -594,4 +602,40 @@ class GeneratedPersona(OpenModel):
     model: str
     # Model answers read, the retry included; 0 for a template made without asking the model.
     attempts: int = 0
+    timings_ms: Timings = Field(default_factory=dict)
+
+
+# --- identity score (selfie worker /v1/identity/compare) ------------------------------------------------
+
+MAX_IDENTITY_CANDIDATES = 4
+IdentityReason = Literal["no_face_in_reference", "no_face_in_candidate"]
+# Base64 of a JPEG, PNG or WebP (a ``data:`` URL prefix is allowed); the worker bounds its decoded bytes.
+Base64Image = Annotated[str, StringConstraints(min_length=1)]
+
+
+class IdentityCompareRequest(StrictModel):
+    """How alike the largest face of each candidate is to the largest face of ``reference``.
+
+    ``reference`` is the persona's approved avatar; ``candidates`` are images made for it (chat images).
+    """
+
+    reference: Base64Image
+    candidates: list[Base64Image] = Field(min_length=1, max_length=MAX_IDENTITY_CANDIDATES)
+
+
+class IdentityScore(OpenModel):
+    """One candidate's score: the cosine similarity of the two face embeddings, or null with the reason."""
+
+    similarity: float | None = Field(None, ge=-1.0, le=1.0)
+    reason: IdentityReason | None = None
+
+
+class IdentityCompareResponse(OpenModel):
+    """``scores`` in the order of ``candidates``. ``embedder`` names what embedded the faces (public names
+    only); ``meaningful`` is false when it has random weights (the tiny test models): the numbers are then
+    real cosines of noise features, fit for tests and never for a decision."""
+
+    scores: list[IdentityScore]
+    embedder: str
+    meaningful: bool
     timings_ms: Timings = Field(default_factory=dict)

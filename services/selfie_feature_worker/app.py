@@ -12,8 +12,9 @@ from fastapi import FastAPI
 
 from services.selfie_feature_worker.admission import Admission
 from services.selfie_feature_worker.detection import build_detector
+from services.selfie_feature_worker.identity import IdentityComparer, build_comparer
 from services.selfie_feature_worker.pipeline import SelfieAnalyzer
-from services.selfie_feature_worker.routes import analyze, health
+from services.selfie_feature_worker.routes import analyze, health, identity
 from services.selfie_feature_worker.settings import SelfieSettings
 from services.selfie_feature_worker.vlm import QwenVlDescriber
 from shared.logging_config import configure_logging
@@ -32,6 +33,9 @@ class ModelState:
     """What /healthz and the routes read: the analyzer once loaded, or why it is not."""
 
     analyzer: SelfieAnalyzer | None = None
+    # None while loading, with identity_embedder "off", or when it failed to load (identity_error says so).
+    identity: IdentityComparer | None = None
+    identity_error: str | None = None
     error: str | None = None
     loading: bool = True
     info: dict[str, str] = field(default_factory=dict)
@@ -43,6 +47,25 @@ def load_analyzer(settings: SelfieSettings) -> SelfieAnalyzer:
     analyzer = SelfieAnalyzer(settings, detector, vlm)
     analyzer.warm_up()
     return analyzer
+
+
+def load_identity(
+    settings: SelfieSettings, analyzer: SelfieAnalyzer
+) -> tuple[IdentityComparer | None, str | None]:
+    """The identity comparer on the analyzer's models, or why there is none. An embedder that fails to
+    load takes the identity route down (503), never the analyses: the score is a side measurement."""
+    try:
+        return build_comparer(settings, analyzer.detector, analyzer.vlm, analyzer.budget), None
+    except Exception as exc:
+        log.warning("identity embedder failed to load; /v1/identity/compare answers 503", exc_info=exc)
+        return None, f"the identity embedder failed to load ({type(exc).__name__}); see the service log"
+
+
+def identity_name(settings: SelfieSettings, state: ModelState) -> str:
+    """Public: the embedder's name, "off" as configured, or "unavailable" after a failed load."""
+    if state.identity is not None:
+        return state.identity.embedder.name
+    return "off" if settings.identity_embedder == "off" else "unavailable"
 
 
 def create_app(settings: SelfieSettings | None = None) -> FastAPI:
@@ -60,15 +83,21 @@ def create_app(settings: SelfieSettings | None = None) -> FastAPI:
 
         async def load() -> None:
             try:
-                state.analyzer = await asyncio.to_thread(load_analyzer, settings)
-                vlm = state.analyzer.vlm
+                analyzer = await asyncio.to_thread(load_analyzer, settings)
+                vlm = analyzer.vlm
+                state.identity, state.identity_error = await asyncio.to_thread(
+                    load_identity, settings, analyzer
+                )
+                # Last: a loaded analyzer is what makes /healthz ok and the routes serve.
+                state.analyzer = analyzer
                 # /healthz is unauthenticated: a model configured as a local path is named, not located.
                 state.info = {
                     "model": public_model_id(vlm.model_id),
                     "device": vlm.device,
                     "dtype": vlm.dtype_name,
-                    "detector": state.analyzer.detector.name,
-                    "detector_weights": state.analyzer.detector.weights,
+                    "detector": analyzer.detector.name,
+                    "detector_weights": analyzer.detector.weights,
+                    "identity_embedder": identity_name(settings, state),
                 }
                 # The log is private: it may name the real location.
                 log.info("models loaded", extra={**state.info, "model_id": vlm.model_id})
@@ -87,8 +116,9 @@ def create_app(settings: SelfieSettings | None = None) -> FastAPI:
             if not task.done():
                 task.cancel()
             state.analyzer = None
+            state.identity = None
 
-    routers = [health.router, analyze.router]
+    routers = [health.router, analyze.router, identity.router]
     gate: Gate | None = None
     if settings.test_hooks:
         gate = Gate()
@@ -121,6 +151,9 @@ def create_app(settings: SelfieSettings | None = None) -> FastAPI:
     app.state.stage_seconds = stage_seconds
     app.state.vlm_unparsed = unparsed
     app.state.analyses = analyses
+    app.state.identity_scores = metrics.counter(
+        "imgpod_identity_scores_total", "Identity scores answered, by outcome", ("outcome",)
+    )
     refused = metrics.counter("imgpod_selfie_refused_total", "Analyses refused with 429: all slots busy")
     app.state.admission = Admission(settings.max_concurrent, settings.queue_limit, on_refused=refused.inc)
     # Set only when the test_hooks setting is on: parks analyses once they hold a slot, before decoding.

@@ -6,15 +6,21 @@ import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from shared.models import MAX_IDENTITY_CANDIDATES
 from shared.settings import Revision, ServiceSettings, StrList
 from shared.ultralytics_env import DEFAULT_CONFIG_DIR
 
 DetectorBackend = Literal["yolo", "haar"]
 Device = Literal["auto", "cpu", "cuda"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
+IdentityEmbedder = Literal["vlm", "off"]
+
+# A compare request: one reference and the candidates, plus the JSON around their base64.
+IDENTITY_MAX_IMAGES = 1 + MAX_IDENTITY_CANDIDATES
+IDENTITY_JSON_OVERHEAD = 4096
 
 # The specified detector: lindevs' YOLOv8n-Face, release 1.0.1 (the 2024-11-01 re-save). The URL names the
 # release, not "latest", so the pinned sha256 (published in that repository's README) keeps matching.
@@ -97,6 +103,41 @@ class SelfieSettings(ServiceSettings):
     # After a large decode, once none is running, hand freed memory back to the OS (glibc's malloc_trim; a
     # no-op elsewhere). Without it RSS stays near the burst's peak, which is what an OOM killer reads.
     decode_trim_heap: bool = True
+
+    # --- identity score (POST /v1/identity/compare) ---
+    # What embeds a face crop: "vlm" is the loaded Qwen2-VL's vision tower (no extra weights); "off" makes
+    # the route answer 503. A dedicated face-recognition model would be one more value here.
+    identity_embedder: IdentityEmbedder = "vlm"
+    # Whether the scores mean anything, as every response says. Unset: false when the VLM folder was built
+    # by shared/tiny_models (random weights by construction), true otherwise. Set it to override either way.
+    identity_meaningful: bool | None = None
+    # Face crops are squared, widened by this fraction of the face box on each side and resized to
+    # identity_crop_side before embedding: one fixed patch grid, so every face is embedded alike.
+    identity_crop_margin: float = Field(0.15, ge=0.0, le=1.0)
+    identity_crop_side: int = Field(224, ge=56, le=896, multiple_of=28)
+    # Per image (the reference and each candidate), on the decoded bytes and the header's pixel count.
+    # Five maximal images in base64 must fit in max_json_bytes (checked below).
+    identity_max_image_bytes: int = Field(1536 * 1024, ge=1024)
+    identity_max_image_pixels: int = Field(4096 * 4096, ge=64 * 64)
+    # The detector works at 320-640 px and the crop is embedded at identity_crop_side: more is memory only.
+    identity_decode_max_side: int = Field(1024, ge=256, le=16384)
+    # A compare request is JSON with up to five images in base64 (4/3 of their bytes); the 1 MiB JSON limit of
+    # every service would refuse one avatar.
+    max_json_bytes: int = Field(11 * 1024 * 1024, ge=1024)
+
+    @model_validator(mode="after")
+    def _compare_request_fits_the_body_limits(self) -> SelfieSettings:
+        # A request within the per-image limits must never be refused by the body limit instead, which
+        # could not say which image is too large. Off, the route takes no images: nothing to fit.
+        if self.identity_embedder == "off":
+            return self
+        largest = IDENTITY_MAX_IMAGES * (-(-self.identity_max_image_bytes // 3) * 4) + IDENTITY_JSON_OVERHEAD
+        if largest > min(self.max_body_bytes, self.max_json_bytes):
+            raise ValueError(
+                f"{IDENTITY_MAX_IMAGES} images of identity_max_image_bytes in base64 ({largest} bytes) "
+                "do not fit in max_json_bytes and max_body_bytes"
+            )
+        return self
 
     @field_validator("detector_weights", mode="before")
     @classmethod
