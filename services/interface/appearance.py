@@ -31,6 +31,8 @@ START_IMAGE_QUALITY = 92
 # The schema's largest side: no job is bigger, so a larger start image would only be shrunk by the worker.
 START_IMAGE_MAX_SIDE = 2048
 IDENTITY_STAGE = "identity"
+# The side the image is sent at for the face comparison: the face crop is 224 pixels anyway.
+IDENTITY_MAX_SIDE = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,12 +121,16 @@ class IdentityCheck:
         if not self.available:
             return self._count(role, IdentityReport(reason="no_identity_worker"), "skipped")
         try:
+            # The worker bounds each image (a 1024x1024 PNG can pass it); a face needs no more than a JPEG.
+            candidate = await asyncio.to_thread(
+                lambda: start_image_base64(base64.b64decode(image_base64), IDENTITY_MAX_SIDE)
+            )
             body = await self.pool.request(
                 "POST",
                 "/v1/identity/compare",
                 stage=IDENTITY_STAGE,
                 timeout_s=self.timeout_s,
-                json={"reference": reference_base64, "candidates": [image_base64]},
+                json={"reference": reference_base64, "candidates": [candidate]},
             )
             score = body["scores"][0]
             report = IdentityReport(
@@ -133,7 +139,7 @@ class IdentityCheck:
                 meaningful=bool(body.get("meaningful", False)),
                 embedder=body.get("embedder"),
             )
-        except (ImgPodError, KeyError, IndexError, TypeError, ValueError) as exc:
+        except (ImgPodError, KeyError, IndexError, TypeError, ValueError, OSError) as exc:
             # The image is good without the number: say it is missing rather than fail the request.
             log.warning("identity check failed", extra={"role": role}, exc_info=exc)
             return self._count(role, IdentityReport(reason="unavailable"), "failed")

@@ -600,6 +600,10 @@ class Flows:
 
     async def prepare_reply(self, req: ReplyRequest) -> ReplyRequest:
         enforce(await decide_off_loop(evaluate_private_chat, req.message), "policy")
+        # Who the persona is goes into the LLM's instructions: the same hard block as the message.
+        character = "\n".join(t for t in (req.name, req.personality, req.speaking_style) if t)
+        if character:
+            enforce(await decide_off_loop(evaluate_private_chat, character), "policy")
         return req
 
     async def reply(self, req: ReplyRequest) -> ReplyResponse:

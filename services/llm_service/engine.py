@@ -420,7 +420,7 @@ class LlmEngine:
     async def _model_reply(self, route: str, req: ReplyRequest) -> str:
         self.require_ready()
         history = bound_history(req.history, self.settings.history_token_budget, self.backend.count_tokens)
-        messages = build_reply_messages(req.persona, req.message, history)
+        messages = build_reply_messages(req, history)
         result = await self.generate(
             route, messages, max_tokens=self.settings.reply_max_new_tokens, seed=self._seed()
         )

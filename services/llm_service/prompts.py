@@ -10,7 +10,7 @@ import re
 from collections.abc import Sequence
 
 from services.llm_service.backends.base import ChatMessage
-from shared.models import ChatTurn, CoverageReason, Features
+from shared.models import ChatTurn, CoverageReason, Features, ReplyRequest
 from shared.persona import describe_persona, persona_notes
 from shared.policy import COVERAGE_PHRASE
 from shared.roles import CHAT_KIND_ROLE, ChatKind, chat_policy
@@ -164,19 +164,36 @@ def build_caption_messages(
     ]
 
 
-def reply_system_prompt(persona: Features) -> str:
+def reply_system_prompt(
+    persona: Features | None,
+    *,
+    name: str | None = None,
+    personality: str | None = None,
+    speaking_style: str | None = None,
+) -> str:
+    """The character the reply speaks as: one descriptor for its looks (shared.persona, as the image prompts
+    use), then who it is, when the persona record says."""
     parts = [REPLY_SYSTEM]
+    if name:
+        parts.append(f"Your name: {name}.")
     if descriptor := describe_persona(persona):
         parts.append(f"Your appearance: {descriptor}.")
     if notes := persona_notes(persona):
         parts.append(f"About you: {notes}")
+    if personality:
+        parts.append(f"Your personality: {personality}")
+    if speaking_style:
+        parts.append(f"How you speak: {speaking_style}")
     return "\n\n".join(parts)
 
 
-def build_reply_messages(persona: Features, message: str, history: Sequence[ChatTurn]) -> list[ChatMessage]:
-    messages: list[ChatMessage] = [{"role": "system", "content": reply_system_prompt(persona)}]
+def build_reply_messages(req: ReplyRequest, history: Sequence[ChatTurn]) -> list[ChatMessage]:
+    system = reply_system_prompt(
+        req.persona, name=req.name, personality=req.personality, speaking_style=req.speaking_style
+    )
+    messages: list[ChatMessage] = [{"role": "system", "content": system}]
     messages.extend({"role": turn.role, "content": turn.content} for turn in history)
-    messages.append({"role": "user", "content": message})
+    messages.append({"role": "user", "content": req.message})
     return messages
 
 

@@ -19,7 +19,7 @@ from services.llm_service.prompts import (
 )
 from services.llm_service.settings import LlmSettings
 from services.llm_service.templates import TEMPLATE_SCENE_TAIL, template_scene
-from shared.models import ChatTurn, Features
+from shared.models import ChatTurn, Features, ReplyRequest
 from shared.persona import describe_persona
 from shared.policy import COVERAGE_PHRASE
 from shared.styles import STYLE_NAMES, STYLE_PHRASES
@@ -178,8 +178,16 @@ def test_shorten_caption_reply_builders() -> None:
     assert "10 to 15 words" in caption[0]["content"] and "safe for work" in caption[0]["content"]
     assert "a fox" in caption[1]["content"] and "show me a fox" in caption[1]["content"]
     history = [ChatTurn(role="user", content="hello"), ChatTurn(role="assistant", content="hi!")]
-    reply = build_reply_messages(PERSONA, "how are you?", history)
+    reply = build_reply_messages(ReplyRequest(message="how are you?", persona=PERSONA), history)
     assert [m["role"] for m in reply] == ["system", "user", "assistant", "user"]
     assert f"Your appearance: {DESCRIPTOR}." in reply[0]["content"]
     assert "About you: A cheerful photographer" in reply[0]["content"]
+    assert "Your name" not in reply[0]["content"] and "Your personality" not in reply[0]["content"]
     assert reply[-1]["content"] == "how are you?"
+    # A stored persona's record speaks too: its name, personality and way of speaking, beside its looks.
+    who = ReplyRequest(
+        message="hi", persona=PERSONA, name="Ada", personality="dry wit", speaking_style="short sentences"
+    )
+    system = build_reply_messages(who, [])[0]["content"]
+    assert "Your name: Ada." in system and f"Your appearance: {DESCRIPTOR}." in system
+    assert "Your personality: dry wit" in system and "How you speak: short sentences" in system

@@ -13,6 +13,7 @@ from starlette.datastructures import UploadFile
 
 from services.interface.admission import owner_of
 from services.interface.jobs.submission import answer
+from services.interface.persona_generation import check_brief
 from services.interface.personas.access import persona_store, resolve_persona
 from services.interface.personas.avatars import avatar_candidates, profile_answer
 from services.interface.personas.records import (
@@ -37,6 +38,7 @@ from shared.models import (
     PersonaView,
     Seed,
     StrictModel,
+    persona_text,
 )
 
 router = APIRouter(tags=["personas"])
@@ -114,6 +116,7 @@ async def _from_selfie(request: Request, owner: str | None) -> PersonaRecord:
             raise ValidationFailed("file: a selfie is required (multipart file field 'file')", param="file")
         # Validated without the upload (its bytes are the profile job's to check), then with it named.
         checked = _validated(SelfiePersonaForm, {**fields, "file": b""})
+        await check_brief(persona_text(None, checked.name, checked.personality, checked.speaking_style))
         job_form = checked.model_dump(include={"style", "steps", "guidance_scale", "n"})
         submitted = await submit_profile(
             request, upload, job_form, checked.seed, JobOptions(), asynchronous=False
@@ -151,6 +154,7 @@ async def create_persona(request: Request, response: Response) -> PersonaView:
     elif media == "application/json":
         body = _validated(PersonaCreate, await request.body(), json=True)
         fields = {name: getattr(body, name) for name in ("name", "personality", "speaking_style")}
+        await check_brief(persona_text(body.features, *fields.values()))
         record = PersonaRecord(id=new_persona_id(), owner=owner, features=body.features, **fields)
         record = await persona_store(request).create(record)
     else:
@@ -199,6 +203,7 @@ async def get_avatar(persona_id: PersonaId, index: AvatarIndex, request: Request
 async def patch_persona(persona_id: PersonaId, patch: PersonaPatch, request: Request) -> PersonaView:
     """Change the fields sent; one sent as null is cleared (not features)."""
     changes = {name: getattr(patch, name) for name in patch.model_fields_set}
+    await check_brief(persona_text(patch.features, patch.name, patch.personality, patch.speaking_style))
     return await _update(request, persona_id, lambda record: record.changed(**changes))
 
 

@@ -74,10 +74,16 @@ async def chat_reply(
     """An in-character reply from the persona (``persona``, or a stored one's ``persona_id``); a labelled
     template one when the LLM cannot answer."""
     if req.persona_id is not None:
-        # The LLM reply takes appearance features only: a stored persona's personality and speaking style
-        # are not sent (the LLM pod's ReplyRequest has no field for them).
+        # The stored persona is the one descriptor of the character: its looks and who it is.
         persona = await resolve_persona(request, owner_of(request), req.persona_id)
-        req = req.model_copy(update={"persona": persona.features, "persona_id": None})
+        character = {
+            "persona": persona.features,
+            "persona_id": None,
+            "name": persona.name,
+            "personality": persona.personality,
+            "speaking_style": persona.speaking_style,
+        }
+        req = req.model_copy(update=character)
     checked = await flows.prepare_reply(req)
     try:
         return await run_admitted(request, queues["reply"], lambda: flows.reply(checked))
