@@ -30,6 +30,11 @@ EMPTY_POOL_FLOWS = {
     "/v1/chat/shorts/generate": ("llm", "shorts"),
     "/v1/chat/scenes/generate": ("llm", "scenes"),
     "/v1/chat/1to1/reply": ("llm",),
+    # A persona from a selfie runs the profile job; a generated one asks the LLM, then the profile workers.
+    "/v1/personas": ("profile", "selfie_feature"),
+    "/v1/personas/generate": ("llm", "persona", "profile"),
+    # An edit is the text model's image to image: its workers.
+    "/v1/images/edits": ("chat1to1", "text2img", "generate"),
     # img-pod-shorts and img-pod-scenes need the LLM and their own workers.
     "/v1/images/generations": ("llm", "shorts", "scenes"),
 }
