@@ -89,7 +89,8 @@ class EdgeMiddleware:
         self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         self.key_digests = [_digest(k.get_secret_value()) for k in keys]
         self.key_ids = [d.hex()[:KEY_ID_CHARS] for d in self.key_digests]
-        self.public_paths = frozenset(public_paths)
+        # Liveness is asked by the kubelet, which holds no key.
+        self.public_paths = frozenset(public_paths) | {LIVEZ_PATH}
         # Routes whose own query carries the credential (signed URLs): open to the edge, checked by the route.
         self.public_prefixes = tuple(public_prefixes)
         self.error_shapes = error_shapes or ErrorShapes()
@@ -216,7 +217,7 @@ class EdgeMiddleware:
                 )
             children[0].inc()
             children[1].observe(elapsed)
-            if path != "/healthz":
+            if path not in _PROBE_PATHS:
                 log.info(
                     "request",
                     extra={"method": method, "path": path, "status": status, "ms": round(elapsed * 1000, 1)},
@@ -262,14 +263,20 @@ class EdgeMiddleware:
 
 
 _REQUEST_ID_BYTES = REQUEST_ID_HEADER.encode()
+# Liveness: 200 whenever the event loop answers, also while the model loads or the service drains, so a
+# kubelet restarts only a process that is really stuck. Readiness is /healthz (503 loading or draining).
+LIVEZ_PATH = "/livez"
 # Operational routes: never counted as work in flight (a drain must not wait on a health probe).
-_OPS_PATHS = frozenset({"/healthz", "/metrics"})
+_OPS_PATHS = frozenset({"/healthz", "/metrics", LIVEZ_PATH})
+# Asked every few seconds by the pools and the kubelet: not worth an access-log line each.
+_PROBE_PATHS = frozenset({"/healthz", LIVEZ_PATH})
 
 
 def _serves_while_draining(path: str) -> bool:
-    # Metrics stay readable, and test hooks (present only with test_hooks on) must be able to release
+    # Metrics stay readable, liveness stays true (a draining pod is alive: restarting it would cut the
+    # requests it is finishing), and test hooks (present only with test_hooks on) must be able to release
     # requests parked during a drain.
-    return path == "/metrics" or path.startswith("/v1/test/")
+    return path in (LIVEZ_PATH, "/metrics") or path.startswith("/v1/test/")
 
 
 async def _send_json(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] = ()) -> None:  # type: ignore[assignment]
@@ -331,6 +338,10 @@ def build_app(
     install_error_handlers(app, error_shapes)
     for router in routers:
         app.include_router(router)
+
+    @app.get(LIVEZ_PATH, include_in_schema=False)
+    async def livez_route() -> dict[str, str]:
+        return {"status": "alive"}
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics_route() -> Response:

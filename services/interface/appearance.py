@@ -115,7 +115,7 @@ class IdentityCheck:
 
     @property
     def available(self) -> bool:
-        return bool(self.pool.workers)
+        return self.pool.deployed
 
     async def report(self, role: str, reference_base64: str, image_base64: str) -> IdentityReport:
         if not self.available:

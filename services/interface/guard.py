@@ -101,7 +101,7 @@ class Guard:
             ("reason",),
         )
         self._latency = metrics.histogram("imgpod_guard_seconds", "Time of one guard check")
-        if self.mode == "enforce" and not pool.workers:
+        if self.mode == "enforce" and not pool.deployed:
             # Not fatal (the pool's URLs may be filled in by a later deploy), but every image request fails.
             log.warning(
                 "guard enforced without INTERFACE_LLM_URLS: every image request will be refused (503)"

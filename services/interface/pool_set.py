@@ -1,7 +1,8 @@
 """The interface's worker pools, one per kind of worker, built from settings.
 
 Every pool draws its workers from one registry, so a worker listed in two pools (the general text-to-image
-pool may list the role workers) has one budget and one health state.
+pool may list the role workers) has one budget and one health state. ``dns://`` entries become the pool's
+DiscoveredSet (services/interface/discovery.py), all looked up through one resolver.
 """
 
 from __future__ import annotations
@@ -10,6 +11,13 @@ from dataclasses import dataclass
 
 import httpx
 
+from services.interface.discovery import (
+    DiscoveredSet,
+    DnsResolver,
+    Resolver,
+    is_dns_entry,
+    parse_dns_entry,
+)
 from services.interface.pools import PoolConfig, Worker, WorkerPool, pool_metrics
 from services.interface.settings import InterfaceSettings
 from shared.http_client import ClientLimits
@@ -46,6 +54,17 @@ class Pools:
         }
 
 
+_URL_FIELDS = (
+    "profile_worker_urls",
+    "selfie_feature_worker_urls",
+    "chat1to1_worker_urls",
+    "shorts_worker_urls",
+    "scenes_worker_urls",
+    "text2img_worker_urls",
+    "llm_urls",
+)
+
+
 def client_limits(settings: InterfaceSettings) -> ClientLimits:
     """Keep-alive connections for every call that can be in flight at once, so none pays a new connect."""
     image_urls = (
@@ -55,10 +74,15 @@ def client_limits(settings: InterfaceSettings) -> ClientLimits:
         settings.scenes_worker_urls,
         settings.text2img_worker_urls,
     )
+
+    def workers(urls: list[str]) -> int:
+        # A DNS entry stands for as many workers as its name has pods: sized for the expected number.
+        return sum(settings.dns_expected_workers if is_dns_entry(u) else 1 for u in urls)
+
     slots = (
-        settings.per_worker_concurrency * sum(map(len, image_urls))
-        + settings.selfie_concurrency * len(settings.selfie_feature_worker_urls)
-        + settings.llm_concurrency * len(settings.llm_urls)
+        settings.per_worker_concurrency * sum(map(workers, image_urls))
+        + settings.selfie_concurrency * workers(settings.selfie_feature_worker_urls)
+        + settings.llm_concurrency * workers(settings.llm_urls)
     )
     keepalive = max(8, slots + 8)
     return ClientLimits(
@@ -69,10 +93,25 @@ def client_limits(settings: InterfaceSettings) -> ClientLimits:
 
 
 def build_pools(
-    settings: InterfaceSettings, client: httpx.AsyncClient, token: str | None, metrics: ServiceMetrics
+    settings: InterfaceSettings,
+    client: httpx.AsyncClient,
+    token: str | None,
+    metrics: ServiceMetrics,
+    resolver: Resolver | None = None,
 ) -> Pools:
+    """``resolver`` answers the pools' DNS entries; unset, dnspython's, as the dns_* settings say."""
     shared_metrics = pool_metrics(metrics)
     registry: dict[str, Worker] = {}
+    all_urls = [u for name in _URL_FIELDS for u in getattr(settings, name)]
+    if resolver is None and any(map(is_dns_entry, all_urls)):
+        # Made only when some pool names workers by DNS: it reads /etc/resolv.conf.
+        resolver = DnsResolver(settings.dns_nameserver, settings.dns_timeout_s)
+
+    def discovered(urls: list[str]) -> DiscoveredSet | None:
+        targets = [parse_dns_entry(u) for u in urls if is_dns_entry(u)]
+        if not targets or resolver is None:
+            return None
+        return DiscoveredSet(targets, resolver)
 
     def pool(name: str, urls: list[str], concurrency: int) -> WorkerPool:
         config = PoolConfig(
@@ -81,16 +120,18 @@ def build_pools(
             cooldown_s=settings.eject_cooldown_s,
             health_interval_s=settings.health_interval_s,
             health_timeout_s=settings.health_timeout_s,
+            dns_refresh_s=settings.dns_refresh_s,
         )
         return WorkerPool(
             name,
-            urls,
+            [u for u in urls if not is_dns_entry(u)],
             client=client,
             token=token,
             config=config,
             metrics=metrics,
             pool_metrics=shared_metrics,
             registry=registry,
+            discovered=discovered(urls),
         )
 
     image_bound = settings.per_worker_concurrency

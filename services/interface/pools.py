@@ -16,6 +16,10 @@ safe to repeat: generations carry a fixed seed), instead of waiting for the gene
 may have done work and failed (timeout after sending, 500) is not repeated, because repeating a GPU call
 under trouble doubles the load.
 
+Membership: a pool's URL list may name workers by DNS (``dns://host:port``, services/interface/discovery.py),
+looked up again every ``dns_refresh_s``. A worker that appears joins once its own probe says ready; one that
+disappears leaves at once: no new call goes to it, and its calls in flight finish (``refresh_members``).
+
 Progress: a call made with ``on_progress`` reads the worker's progress stream (shared/progress_stream.py)
 under the same rules (slot, retries, health, abandonment, timeout), and is the one kind of call that a
 departing caller cuts: closing the stream is what stops the worker (``_streamed``).
@@ -38,6 +42,7 @@ from typing import Any, Literal
 
 import httpx
 
+from services.interface.discovery import DiscoveredSet, membership_change
 from shared.errors import NoHealthyWorker, UpstreamFailed, UpstreamTimeout
 from shared.http_client import (
     RetryableUpstreamError,
@@ -102,6 +107,8 @@ class PoolConfig:
     cooldown_s: float = 10.0
     health_interval_s: float = 2.0
     health_timeout_s: float = 2.0
+    # How often the pool's DNS entries are looked up again (a pool without any never looks up).
+    dns_refresh_s: float = 5.0
 
 
 class WorkerPool:
@@ -116,12 +123,26 @@ class WorkerPool:
         metrics: ServiceMetrics,
         pool_metrics: dict[str, Any],
         registry: dict[str, Worker] | None = None,
+        discovered: DiscoveredSet | None = None,
     ) -> None:
         """``registry`` (url -> Worker) is shared by every pool of one interface, so a worker listed in two
-        pools has one budget, one in-flight count and one health state, not one per pool."""
+        pools has one budget, one in-flight count and one health state, not one per pool.
+
+        ``urls`` are the static workers; ``discovered`` the pool's DNS entries, whose workers join and leave
+        at each ``refresh_members``."""
         self.name = name
         registry = {} if registry is None else registry
-        self.workers = [registry.setdefault(url, Worker(url)) for url in dict.fromkeys(urls)]
+        self._registry = registry
+        self._static = list(dict.fromkeys(urls))
+        self._discovered = discovered
+        self._resolved_once = False
+        self._discoverer: asyncio.Task[None] | None = None
+        self.workers = [registry.setdefault(url, Worker(url)) for url in self._static]
+        if discovered is not None:
+            # Exported from the start (at 0), so dashboards and alerts find the series before any change.
+            pool_metrics["dns_failures"].labels(name)
+            for change in ("joined", "left"):
+                pool_metrics["members"].labels(name, change)
         for worker in self.workers:
             worker.pools.append(self)
         self.client = client
@@ -135,6 +156,11 @@ class WorkerPool:
         self._waiting = 0
 
     # --- rotation --------------------------------------------------------------------------------------
+
+    @property
+    def deployed(self) -> bool:
+        """Workers are configured: static ones, or a DNS name (whose pods may be none right now)."""
+        return bool(self._static) or self._discovered is not None
 
     @property
     def healthy_count(self) -> int:
@@ -224,6 +250,9 @@ class WorkerPool:
 
     def _release(self, worker: Worker) -> None:
         worker.in_flight -= 1
+        if not worker.pools and worker.in_flight == 0:
+            # The last call of a worker that left every pool: nothing refers to it any more.
+            self._forget(worker)
         # Waiters of every pool that uses this worker re-check; few wait (the queues bound them), and a
         # single wake-up could go to a waiter whose pool cannot use the freed slot.
         for pool in worker.pools:
@@ -491,6 +520,9 @@ class WorkerPool:
     # --- health polling --------------------------------------------------------------------------------
 
     async def probe_all(self) -> None:
+        if self._discovered is not None and not self._resolved_once:
+            # The first probe (before the interface serves) sees the workers the DNS names stand for.
+            await self.refresh_members()
         await asyncio.gather(*(self._probe(w) for w in self.workers))
         self._notify()
 
@@ -521,8 +553,10 @@ class WorkerPool:
             worker.healthy = False
 
     def start_polling(self) -> None:
-        if self.workers:
+        if self.workers or self._discovered is not None:
             self._poller = asyncio.create_task(self._poll_forever(), name=f"pool-{self.name}-health")
+        if self._discovered is not None:
+            self._discoverer = asyncio.create_task(self._discover_forever(), name=f"pool-{self.name}-dns")
 
     async def _poll_forever(self) -> None:
         while True:
@@ -533,11 +567,77 @@ class WorkerPool:
                 log.exception("health poll failed", extra={"pool": self.name})
 
     async def close(self) -> None:
-        if self._poller is not None:
-            self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
+        for task in (self._poller, self._discoverer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         self._wake_all()
+
+    # --- membership (DNS) ------------------------------------------------------------------------------
+
+    async def _discover_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.dns_refresh_s)
+            try:
+                await self.refresh_members()
+            except Exception:
+                log.exception("worker discovery failed", extra={"pool": self.name})
+
+    async def refresh_members(self) -> None:
+        """Look the DNS entries up again; new workers join after a good probe, gone ones leave (draining)."""
+        if self._discovered is None:
+            return
+        urls, failed = await self._discovered.refresh()
+        self._resolved_once = True
+        if failed:
+            # The last known workers stay: a failed lookup says nothing about the pods.
+            self._m["dns_failures"].labels(self.name).inc(len(failed))
+            names = ", ".join(t.entry for t in failed)
+            log.warning(
+                "worker lookup failed, keeping the last known workers: %s", names, extra={"pool": self.name}
+            )
+        joined, left = membership_change((w.url for w in self.workers), [*self._static, *urls])
+        if not joined and not left:
+            return
+        for url in left:
+            self._leave(url)
+        newcomers = [self._join(url) for url in joined]
+        self._m["members"].labels(self.name, "joined").inc(len(joined))
+        self._m["members"].labels(self.name, "left").inc(len(left))
+        log.info("pool members changed", extra={"pool": self.name, "joined": len(joined), "left": len(left)})
+        # Gone workers are out of rotation now: listeners and waiters see it before the newcomers' probes.
+        self._notify()
+        if newcomers:
+            await asyncio.gather(*(self._probe(w) for w in newcomers))
+            for worker in newcomers:
+                for pool in worker.pools:
+                    pool._notify()
+
+    def _join(self, url: str) -> Worker:
+        worker = self._registry.get(url)
+        if worker is None or not worker.pools:
+            # New, or an address that left every pool and came back (its calls may still be finishing: the
+            # in-flight count stays true): in rotation only after a good probe, like a worker at start.
+            worker = self._registry.setdefault(url, Worker(url))
+            worker.healthy = False
+            worker.ejected_until = 0.0
+            worker.consecutive_failures = 0
+        self.workers.append(worker)
+        worker.pools.append(self)
+        return worker
+
+    def _leave(self, url: str) -> None:
+        """Out of this pool: no new call goes to it; the calls it holds finish and release their slots."""
+        worker = next(w for w in self.workers if w.url == url)
+        self.workers.remove(worker)
+        worker.pools.remove(self)
+        if not worker.pools and worker.in_flight == 0:
+            self._forget(worker)
+
+    def _forget(self, worker: Worker) -> None:
+        if self._registry.get(worker.url) is worker:
+            del self._registry[worker.url]
 
 
 class _BrokenStream(Exception):
@@ -596,6 +696,16 @@ def pool_metrics(metrics: ServiceMetrics) -> dict[str, Any]:
         "latency": metrics.histogram("imgpod_stage_seconds", "Upstream call latency per stage", ("stage",)),
         "waiting": metrics.gauge(
             "imgpod_pool_waiting_calls", "Calls waiting for a worker slot (every worker at budget)", ("pool",)
+        ),
+        "dns_failures": metrics.counter(
+            "imgpod_pool_dns_failures_total",
+            "DNS lookups of a pool's workers that failed (the last known workers were kept)",
+            ("pool",),
+        ),
+        "members": metrics.counter(
+            "imgpod_pool_member_changes_total",
+            "Workers found by DNS that joined or left a pool",
+            ("pool", "change"),
         ),
     }
 

@@ -16,6 +16,7 @@ from pydantic import (
 )
 from pydantic_settings import NoDecode, SettingsConfigDict
 
+from services.interface.discovery import is_dns_entry, parse_dns_entry, parse_nameserver
 from services.interface.jobs.webhooks import AllowList
 from shared.settings import ServiceSettings, StrList, UrlList, parse_str_list
 
@@ -53,6 +54,19 @@ class InterfaceSettings(ServiceSettings):
     scenes_worker_urls: UrlList = Field(default_factory=list)
     text2img_worker_urls: UrlList = Field(default_factory=list)
     llm_urls: UrlList = Field(default_factory=list)
+
+    # Any URL list above may name workers by DNS: ``dns://<host>:<port>`` is every A/AAAA address of <host>
+    # (e.g. a Kubernetes headless Service, one address per ready pod), each a worker http://<address>:<port>,
+    # looked up again this often: a new address joins once its /healthz is 200, a gone one is drained.
+    dns_refresh_s: float = Field(5.0, gt=0, le=300)
+    # The nameserver to ask (<ip>, <ip>:<port> or [<ipv6>]:<port>); unset: the system's (/etc/resolv.conf,
+    # with its search domains, so a short Service name resolves in its namespace).
+    dns_nameserver: str | None = None
+    # Bound of one lookup; a lookup that fails keeps the last known workers.
+    dns_timeout_s: float = Field(2.0, gt=0, le=30)
+    # Keep-alive connections are sized at start for this many workers per dns:// entry (the HTTP client's pool
+    # is fixed then); more workers still serve, with a new connection for calls past it.
+    dns_expected_workers: int = Field(8, ge=1, le=1024)
 
     # Client keys; when the list is empty, /v1 is open (local development).
     api_keys: SecretList = Field(default_factory=list)
@@ -189,6 +203,30 @@ class InterfaceSettings(ServiceSettings):
     personas_redis_prefix: str = Field("imgpod:personas:", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
     # Personas one API key may keep; past it, creating one is refused (409) until some are deleted.
     personas_max_per_key: int = Field(1000, ge=1, le=1_000_000)
+
+    @field_validator(
+        "profile_worker_urls",
+        "selfie_feature_worker_urls",
+        "chat1to1_worker_urls",
+        "shorts_worker_urls",
+        "scenes_worker_urls",
+        "text2img_worker_urls",
+        "llm_urls",
+    )
+    @classmethod
+    def _dns_entries(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            if is_dns_entry(entry):
+                parse_dns_entry(entry)  # ValueError naming the entry that is not dns://<host>:<port>
+        return value
+
+    @field_validator("dns_nameserver")
+    @classmethod
+    def _nameserver(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parse_nameserver(value)
+        return value.strip()
 
     @field_validator("jobs_webhook_secret")
     @classmethod

@@ -51,7 +51,7 @@ class ImageModel:
     chat: bool
 
     def deployed(self, pools: Pools) -> bool:
-        return all(pool.workers for pool in pools.for_queues()[self.route])
+        return all(pool.deployed for pool in pools.for_queues()[self.route])
 
     def native(self, wanted: Wanted) -> NativeRequest:
         """The native route's request; raises pydantic's ValidationError as that route would."""
