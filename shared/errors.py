@@ -174,8 +174,18 @@ class ModelUnavailable(ImgPodError):
 
 
 class NoHealthyWorker(ImgPodError):
+    """No worker can take the request now: none is healthy, or a pool scaled to zero has no pod yet.
+
+    With Retry-After, so a client (the OpenAI SDKs too) waits and comes back rather than hammering or hanging:
+    a pod that is starting or being scaled up from zero is usually ready within a few health polls.
+    """
+
     status_code = 503
     code = "no_healthy_worker"
+    RETRY_AFTER_S = 10.0
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(math.ceil(self.RETRY_AFTER_S))}
 
 
 class SafetyUnavailable(ImgPodError):

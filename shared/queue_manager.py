@@ -170,6 +170,15 @@ class BoundedQueue:
         others = sum(min(units, mine + 1) for o, units in self._waiting_by.items() if o != owner)
         return running + mine + others
 
+    def report_shared(self, waiting: int, running: int) -> None:
+        """Set the depth and in-flight gauges from a queue kept elsewhere (the jobs' Redis streams, shared by
+        every replica), so autoscaling and alerts read the backlog whichever replica they scrape."""
+        self._m_depth.set(waiting)
+        self._m_in_flight.set(running)
+
+    def observe_shared_wait(self, seconds: float) -> None:
+        self._m_wait.observe(max(0.0, seconds))
+
     def check_admission(self, weight: int = 1, owner: str | None = None) -> None:
         """Raise what ``submit`` would raise for load right now; cheap, so callers can refuse before
         spending CPU or memory (decoding an upload) on a request that would be refused anyway."""

@@ -6,10 +6,11 @@ import secrets
 import time
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 # The routes whose requests are jobs; the name is also the queue (settings.ENDPOINTS) they wait in.
 JobRoute = Literal["profile", "text2img", "chat1to1", "shorts", "scenes", "private"]
+JOB_ROUTES: frozenset[str] = frozenset(get_args(JobRoute))
 EventType = Literal["queued", "started", "progress", "completed", "failed", "canceled", "expired"]
 WebhookEvent = Literal["start", "progress", "completed"]
 

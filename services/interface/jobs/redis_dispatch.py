@@ -39,7 +39,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from services.interface.jobs.dispatch import Dispatcher, RunJob
-from services.interface.jobs.records import JobRecord
+from services.interface.jobs.records import JOB_ROUTES, JobRecord
 from shared.queue_manager import BoundedQueue
 
 log = logging.getLogger(__name__)
@@ -286,6 +286,10 @@ class RedisDispatcher(Dispatcher):
                 await self._beat()
             except RedisError as exc:
                 log.warning("jobs heartbeat failed (%s)", type(exc).__name__)
+            try:
+                await self._report_load()
+            except RedisError as exc:
+                log.warning("jobs load report failed (%s)", type(exc).__name__)
             # The pools may have added consumers: let the readers look.
             for event in self._slot_freed.values():
                 event.set()
@@ -373,6 +377,15 @@ class RedisDispatcher(Dispatcher):
         running.task.cancel()
         return True
 
+    async def _report_load(self) -> None:
+        """The shared backlog of each route on this replica's queue gauges (every replica reports the same
+        numbers: dashboards and KEDA take their max, never their sum)."""
+        for route, queue in self.queues.items():
+            if route not in JOB_ROUTES:
+                continue  # a queue of this replica's own (the replies): its gauges are its own
+            load = await self.load(route)
+            queue.report_shared(load.waiting, load.running)
+
     async def load(self, route: str) -> RouteLoad:
         waiting, running, consumers, mean, tail = await self._admission("load", route, 0, None)
         return RouteLoad(int(waiting), int(running), int(consumers), float(mean), float(tail))
@@ -456,6 +469,9 @@ class RedisDispatcher(Dispatcher):
             await self._refresh(args=[self._stream(route), self.replica, self.claim_idle_ms, entry])
             return
         job_id = fields[b"job"].decode()
+        if not reclaimed:
+            # A stream entry's id is its enqueue time (ms, Redis' clock): the time it waited for a consumer.
+            self.queues[route].observe_shared_wait(time.time() - int(entry.split("-", 1)[0]) / 1000)
         counted = await self._start(
             args=[
                 self.prefix,
