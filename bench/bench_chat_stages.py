@@ -22,10 +22,10 @@ from typing import Any
 import httpx
 
 from bench.common import REPO_ROOT, print_table, write_results
+from bench.stack import TOKEN, worker_env
 from devtools import stack_env
 from devtools.service_process import ServiceProcess, all_running
 
-TOKEN = "bench-internal-token"
 KEY = "bench-key"
 ROUTES = {
     "1to1": "/v1/chat/1to1/imagegen",
@@ -33,18 +33,6 @@ ROUTES = {
     "scenes": "/v1/chat/scenes/generate",
 }
 WORKER_OF = {"1to1": "chat1to1", "shorts": "shorts", "scenes": "scenes"}
-
-
-def image_env(model_dir: Path) -> dict[str, str]:
-    return {
-        "IMAGE_MODEL_ID": str(model_dir),
-        "IMAGE_DEVICES": "cpu",
-        "IMAGE_DEFAULT_WIDTH": "64",
-        "IMAGE_DEFAULT_HEIGHT": "64",
-        "IMAGE_MAX_SIDE": "512",
-        "IMAGE_INTERNAL_TOKEN": TOKEN,
-        "IMAGE_LOG_LEVEL": "warning",
-    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         for route in routes:
             role = WORKER_OF[route]
             procs[role] = ServiceProcess(
-                f"services.{role}_worker.main", env=image_env(models["zimage"]), wait_healthy=False
+                f"services.{role}_worker.main", env=worker_env(models["zimage"]), wait_healthy=False
             )
         stack.enter_context(all_running(procs.values()))
         # Every role the interface knows needs a URL; the roles not measured point at the LLM (never called).

@@ -12,6 +12,7 @@ So there are two ways in, each as cheap as its caller can afford:
 from __future__ import annotations
 
 import base64
+import binascii
 import io
 import warnings
 from collections.abc import Iterator
@@ -205,3 +206,16 @@ def decode_base64_image(text: str) -> Image.Image:
     img = Image.open(io.BytesIO(base64.b64decode(text, validate=True)))
     img.load()
     return img
+
+
+def decode_base64_field(text: str, field: str, max_bytes: int) -> bytes:
+    """The bytes of a base64 image field, refusing an oversized one before decoding it."""
+    # A data URL ("data:image/png;base64,...") carries the same base64 after its comma.
+    payload = text.partition(",")[2] if text.startswith("data:") else text
+    # Four base64 characters per three bytes: the length alone tells "too large".
+    if len(payload) > -(-max_bytes // 3) * 4:
+        raise PayloadTooLarge(f"{field}: image is larger than {max_bytes} bytes", param=field)
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValidationFailed(f"{field}: not valid base64", param=field) from None

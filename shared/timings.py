@@ -32,3 +32,13 @@ class StageTimer:
     def done(self) -> dict[str, float]:
         self.ms["total"] = round((time.perf_counter() - self._started) * 1000, 2)
         return self.ms
+
+
+@contextmanager
+def timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    """Milliseconds of the block into ``timings[stage]`` (a stage timed by hand, outside a StageTimer)."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = round((time.perf_counter() - started) * 1000, 2)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import logging
 import secrets
 import time
@@ -37,7 +35,7 @@ from shared.errors import (
     UnsupportedMedia,
     ValidationFailed,
 )
-from shared.images import decode_upload, encode_image_base64
+from shared.images import decode_base64_field, decode_upload, encode_image_base64
 from shared.metrics import ServiceMetrics
 from shared.models import MAX_SEED
 from shared.pixel_budget import PixelBudget
@@ -266,16 +264,7 @@ class ImageEngine:
         PNG or WebP image (a JSON field has no media type of its own to answer 415 about).
         """
         s = self.settings
-        text = data.split(",", 1)[1] if data.startswith("data:") else data
-        # Four base64 characters per three bytes: refused before decoding a byte of an oversized image.
-        if len(text) // 4 * 3 > s.init_image_max_bytes + 2:
-            raise PayloadTooLarge(
-                f"init_image is over the limit of {s.init_image_max_bytes} bytes", param="init_image"
-            )
-        try:
-            raw = base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError):
-            raise ValidationFailed("init_image is not valid base64", param="init_image") from None
+        raw = decode_base64_field(data, "init_image", s.init_image_max_bytes)
         try:
             decoded = decode_upload(
                 raw,

@@ -19,7 +19,7 @@ from services.interface.discovery import (
     parse_dns_entry,
 )
 from services.interface.pools import PoolConfig, Worker, WorkerPool, pool_metrics
-from services.interface.settings import InterfaceSettings
+from services.interface.settings import WORKER_URL_FIELDS, InterfaceSettings
 from shared.http_client import ClientLimits
 from shared.metrics import ServiceMetrics
 from shared.roles import ChatKind
@@ -52,17 +52,6 @@ class Pools:
             "private": [self.chat1to1],
             "reply": [self.llm],
         }
-
-
-_URL_FIELDS = (
-    "profile_worker_urls",
-    "selfie_feature_worker_urls",
-    "chat1to1_worker_urls",
-    "shorts_worker_urls",
-    "scenes_worker_urls",
-    "text2img_worker_urls",
-    "llm_urls",
-)
 
 
 def client_limits(settings: InterfaceSettings) -> ClientLimits:
@@ -102,7 +91,7 @@ def build_pools(
     """``resolver`` answers the pools' DNS entries; unset, dnspython's, as the dns_* settings say."""
     shared_metrics = pool_metrics(metrics)
     registry: dict[str, Worker] = {}
-    all_urls = [u for name in _URL_FIELDS for u in getattr(settings, name)]
+    all_urls = [u for name in WORKER_URL_FIELDS for u in getattr(settings, name)]
     if resolver is None and any(map(is_dns_entry, all_urls)):
         # Made only when some pool names workers by DNS: it reads /etc/resolv.conf.
         resolver = DnsResolver(settings.dns_nameserver, settings.dns_timeout_s)

@@ -40,6 +40,18 @@ class KeyRateLimits(BaseModel):
     images_per_hour: int | None = Field(None, ge=0)
 
 
+# Every list of worker URLs (plain, or dns://host:port entries).
+WORKER_URL_FIELDS = (
+    "profile_worker_urls",
+    "selfie_feature_worker_urls",
+    "chat1to1_worker_urls",
+    "shorts_worker_urls",
+    "scenes_worker_urls",
+    "text2img_worker_urls",
+    "llm_urls",
+)
+
+
 class InterfaceSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="INTERFACE_", extra="ignore", validate_default=True)
     yaml_section: ClassVar[str] = "interface"
@@ -204,15 +216,7 @@ class InterfaceSettings(ServiceSettings):
     # Personas one API key may keep; past it, creating one is refused (409) until some are deleted.
     personas_max_per_key: int = Field(1000, ge=1, le=1_000_000)
 
-    @field_validator(
-        "profile_worker_urls",
-        "selfie_feature_worker_urls",
-        "chat1to1_worker_urls",
-        "shorts_worker_urls",
-        "scenes_worker_urls",
-        "text2img_worker_urls",
-        "llm_urls",
-    )
+    @field_validator(*WORKER_URL_FIELDS)
     @classmethod
     def _dns_entries(cls, value: list[str]) -> list[str]:
         for entry in value:

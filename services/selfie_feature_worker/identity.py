@@ -7,12 +7,7 @@ The detector and the VLM keep their own locks, so a compare and an analysis neve
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import numpy as np
 from PIL import Image
@@ -31,24 +26,15 @@ from shared.errors import (
     ImgPodError,
     InferenceFailed,
     Overloaded,
-    PayloadTooLarge,
     ValidationFailed,
     validation_detail,
 )
-from shared.images import decode_upload
+from shared.images import decode_base64_field, decode_upload
 from shared.models import IdentityCompareRequest, IdentityCompareResponse, IdentityScore
 from shared.pixel_budget import PixelBudget
+from shared.timings import timed
 
 log = logging.getLogger(__name__)
-
-
-@contextmanager
-def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
-    started = time.perf_counter()
-    try:
-        yield
-    finally:
-        timings[stage] = round((time.perf_counter() - started) * 1000, 2)
 
 
 def face_crop(image: Image.Image, face: DetectedFace, margin: float) -> Image.Image:
@@ -73,19 +59,6 @@ def _field_error(field: str, exc: ImgPodError) -> ImgPodError:
     if isinstance(exc, Overloaded):
         return exc  # busy, not the field's fault
     return type(exc)(f"{field}: {exc.detail}", param=field)
-
-
-def decode_base64_field(text: str, field: str, max_bytes: int) -> bytes:
-    """The bytes of a base64 image field, refusing an oversized one before decoding it."""
-    # A data URL ("data:image/png;base64,...") carries the same base64 after its comma.
-    payload = text.partition(",")[2] if text.startswith("data:") else text
-    # Four base64 characters per three bytes: the length alone tells "too large".
-    if len(payload) > -(-max_bytes // 3) * 4:
-        raise PayloadTooLarge(f"{field}: image is larger than {max_bytes} bytes", param=field)
-    try:
-        return base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError):
-        raise ValidationFailed(f"{field}: not valid base64", param=field) from None
 
 
 class IdentityComparer:
@@ -134,7 +107,7 @@ class IdentityComparer:
     def compare_json(self, body: bytes) -> IdentityCompareResponse:
         """The route's whole work, off the event loop: a JSON body in, the scores out."""
         timings: dict[str, float] = {}
-        with _timed(timings, "parse"):
+        with timed(timings, "parse"):
             request = self.parse(body)
         return self.compare(request, timings)
 
@@ -145,9 +118,9 @@ class IdentityComparer:
         fields = ["reference", *(f"candidates[{i}]" for i in range(len(request.candidates)))]
         texts = [request.reference, *request.candidates]
         # Every image is decoded before any model runs: a bad last candidate is refused without GPU work.
-        with _timed(timings, "decode"):
+        with timed(timings, "decode"):
             images = [self.decode(text, field) for text, field in zip(texts, fields, strict=True)]
-        with _timed(timings, "detect"):
+        with timed(timings, "detect"):
             reference_face = self.detect(images[0])
             # No reference face: nothing to compare with, so the candidates are not even looked at.
             candidate_faces = (
@@ -179,7 +152,7 @@ class IdentityComparer:
         margin = self.settings.identity_crop_margin
         crops = [face_crop(images[0], reference_face, margin)]
         crops += [face_crop(images[1 + i], face, margin) for i, face in found.items()]
-        with _timed(timings, "embed"):
+        with timed(timings, "embed"):
             try:
                 vectors = self.embedder.embed(crops)
             except Exception:

@@ -12,9 +12,6 @@ pixels, where the client draws them.
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 
 import numpy as np
@@ -30,17 +27,9 @@ from shared.images import DecodedImage, decode_upload
 from shared.models import AnalyzeResponse, FaceBox, FaceMeta, QualitySignals
 from shared.pixel_budget import DEFAULT_TRIM_AFTER_PX, PixelBudget
 from shared.public_names import public_model_id
+from shared.timings import timed
 
 log = logging.getLogger(__name__)
-
-
-@contextmanager
-def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
-    started = time.perf_counter()
-    try:
-        yield
-    finally:
-        timings[stage] = round((time.perf_counter() - started) * 1000, 2)
 
 
 def crop_with_margin(image: Image.Image, face: DetectedFace | None, margin: float) -> Image.Image:
@@ -113,11 +102,11 @@ class SelfieAnalyzer:
 
     def analyze(self, data: bytes) -> AnalyzeResponse:
         timings: dict[str, float] = {}
-        with _timed(timings, "decode"):
+        with timed(timings, "decode"):
             decoded = self.decode(data)
             image = decoded.image
             rgb = np.asarray(image)
-        with _timed(timings, "detect"):
+        with timed(timings, "detect"):
             try:
                 faces = self.detector.detect(rgb)
             except Exception:
@@ -127,9 +116,9 @@ class SelfieAnalyzer:
                 raise InferenceFailed("face detection failed", stage="detect") from None
         # Several faces: the largest is the selfie's subject; the rest are background people.
         face = max(faces, key=lambda f: f.area) if faces else None
-        with _timed(timings, "quality"):
+        with timed(timings, "quality"):
             report = assess(rgb, face)
-        with _timed(timings, "vlm"):
+        with timed(timings, "vlm"):
             crop = crop_with_margin(image, face, self.settings.crop_margin)
             try:
                 answer = self.vlm.describe(crop)

@@ -122,7 +122,7 @@ def test_streamed_img2img_reports_the_steps_it_runs(worker: ServiceProcess) -> N
 @pytest.mark.parametrize(
     ("body", "status", "words"),
     [
-        ({"init_image": "this is not base64!"}, 422, "init_image is not valid base64"),
+        ({"init_image": "this is not base64!"}, 422, "init_image: not valid base64"),
         ({"init_image": base64.b64encode(b"hello, a text file\n").decode()}, 422, "not a readable image"),
         ({"init_image": b64(Image.new("RGB", (256, 256)))}, 413, "pixels"),
         ({"init_image": b64(noise_image(3, 128))}, 413, "bytes"),

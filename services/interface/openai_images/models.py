@@ -37,37 +37,33 @@ def parse_size(size: str | None) -> tuple[int, int] | None:
     return width, height
 
 
-class ImageGenerationRequest(StrictModel):
+class _ImageRequest(StrictModel):
+    """The fields generations and edits share."""
+
     prompt: NonEmptyPrompt
     model: Annotated[str, Field(max_length=64)] = DEFAULT_MODEL
     # The upper bound is a setting (INTERFACE_OPENAI_MAX_N), checked by the route.
     n: Annotated[int, Field(ge=1)] | None = None
     size: Annotated[str, Field(max_length=16)] | None = None
     response_format: Literal["b64_json", "url"] | None = None
-    stream: bool | None = None
     # With ``stream``: partial images of the first image, decoded from the denoising as it goes (fewer when
     # the model runs fewer steps than that; the API allows it). Without ``stream``: accepted, unused.
     partial_images: PartialImages | None = None
     # Accepted and ignored: who the end user is (img_pod's logs carry the request id instead).
     user: Text | None = None
     safety_identifier: Text | None = None
-    # Accepted and ignored: the model's own steps decide quality, and the prompt decides style.
+    # Accepted and ignored: the model's own steps decide quality.
     quality: Literal["auto", "standard", "hd", "low", "medium", "high", "xhigh", "max"] | None = None
-    style: Literal["vivid", "natural"] | None = None
-    # The model id decides moderation (img-pod-private is the unmoderated one), never the client.
-    moderation: Literal["auto", "low"] | None = None
     # The workers paint opaque PNGs: anything else is refused by these literals.
     background: Literal["auto", "opaque"] | None = None
     output_format: Literal["png"] | None = None
     output_compression: Annotated[int, Field(ge=0, le=100)] | None = None
     # img_pod's own knobs, sent by the SDK through ``extra_body``; bounds as on the native routes, then the
-    # deployed workers' limits. ``guidance`` is the native ``guidance_scale``.
+    # deployed workers' limits. ``guidance`` is the native ``guidance_scale``; ``strength`` how far an image
+    # may move from the one it starts from, (0, 1]: the workers' default when absent.
     seed: Seed | None = None
     steps: Steps | None = None
     guidance: GuidanceScale | None = None
-    # A stored persona (POST /v1/personas) of the same key, for the chat models: its features, and its
-    # approved avatar as the start image (the appearance lock), at ``strength`` or the workers' default.
-    persona_id: PersonaId | None = None
     strength: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
 
     @field_validator("size")
@@ -81,40 +77,24 @@ class ImageGenerationRequest(StrictModel):
         return parse_size(self.size)
 
 
-class ImageEditRequest(StrictModel):
-    """The form fields of ``POST /v1/images/edits`` besides the image: the generation's, less streaming."""
+class ImageGenerationRequest(_ImageRequest):
+    stream: bool | None = None
+    # Accepted and ignored: the prompt decides style.
+    style: Literal["vivid", "natural"] | None = None
+    # The model id decides moderation (img-pod-private is the unmoderated one), never the client.
+    moderation: Literal["auto", "low"] | None = None
+    # A stored persona (POST /v1/personas) of the same key, for the chat models: its features, and its
+    # approved avatar as the start image (the appearance lock).
+    persona_id: PersonaId | None = None
 
-    prompt: NonEmptyPrompt
-    model: Annotated[str, Field(max_length=64)] = DEFAULT_MODEL
-    n: Annotated[int, Field(ge=1)] | None = None
-    size: Annotated[str, Field(max_length=16)] | None = None
-    response_format: Literal["b64_json", "url"] | None = None
+
+class ImageEditRequest(_ImageRequest):
+    """The form fields of ``POST /v1/images/edits`` besides the image."""
+
     # Streamed edits are not served here: refused by this literal (false is accepted).
     stream: Literal[False] | None = None
-    partial_images: PartialImages | None = None
-    user: Text | None = None
-    safety_identifier: Text | None = None
-    quality: Literal["auto", "standard", "hd", "low", "medium", "high", "xhigh", "max"] | None = None
     # How closely the edit follows the input: ``strength`` says it here.
     input_fidelity: Literal["low", "high"] | None = None
-    background: Literal["auto", "opaque"] | None = None
-    output_format: Literal["png"] | None = None
-    output_compression: Annotated[int, Field(ge=0, le=100)] | None = None
-    seed: Seed | None = None
-    steps: Steps | None = None
-    guidance: GuidanceScale | None = None
-    # How far from the input image, (0, 1]: the image workers' default when absent.
-    strength: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
-
-    @field_validator("size")
-    @classmethod
-    def _size(cls, value: str | None) -> str | None:
-        parse_size(value)
-        return value
-
-    @property
-    def dimensions(self) -> tuple[int, int] | None:
-        return parse_size(self.size)
 
 
 class ImageData(BaseModel):
