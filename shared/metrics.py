@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator, Sequence
 
 from prometheus_client import (
@@ -37,6 +38,27 @@ class EdgeCollector(Collector):
         yield closed
 
 
+class GpuMemoryCollector(Collector):
+    """CUDA memory of this process per device, read at scrape time (torch's allocator counters and the
+    driver's total: cheap calls, no device sync). No samples on a machine without CUDA, the family is still
+    declared so dashboards and alerts see the name."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "imgpod_gpu_memory_bytes",
+            "GPU memory of this process: allocated and reserved by torch, and the device's total",
+            labels=("device", "kind"),
+        )
+        torch = sys.modules.get("torch")  # imported by the models' code; never imported here for a scrape
+        if torch is not None and torch.cuda.is_available():
+            for index in range(torch.cuda.device_count()):
+                device = f"cuda:{index}"
+                family.add_metric((device, "allocated"), torch.cuda.memory_allocated(index))
+                family.add_metric((device, "reserved"), torch.cuda.memory_reserved(index))
+                family.add_metric((device, "total"), torch.cuda.get_device_properties(index).total_memory)
+        yield family
+
+
 class ServiceMetrics:
     def __init__(self, service: str) -> None:
         self.service = service
@@ -52,6 +74,10 @@ class ServiceMetrics:
         self.http_in_flight = self.gauge("imgpod_http_in_flight", "Requests being served")
         self.http_in_flight_max = self.gauge("imgpod_http_in_flight_max", "Most requests served at once")
         self.registry.register(EdgeCollector())
+
+    def watch_gpu_memory(self) -> None:
+        """Export ``imgpod_gpu_memory_bytes`` (the services that hold a model on a GPU)."""
+        self.registry.register(GpuMemoryCollector())
 
     def counter(self, name: str, doc: str, labels: Sequence[str] = ()) -> Counter:
         return Counter(name, doc, labels, registry=self.registry)

@@ -25,6 +25,7 @@ def create_app(settings: ImageSettings | None = None, *, role: Role | None = Non
         settings = settings.model_copy(update={"role": role})
     configure_logging(f"image_worker:{settings.role}", settings.log_level)
     metrics = ServiceMetrics(f"image_{settings.role}")
+    metrics.watch_gpu_memory()
     engine = ImageEngine(settings, metrics)
 
     # Load in the background so /healthz answers 503 "loading" while a multi-GB model comes up.

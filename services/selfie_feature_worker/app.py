@@ -72,6 +72,7 @@ def create_app(settings: SelfieSettings | None = None) -> FastAPI:
     settings = settings or SelfieSettings()
     configure_logging(SERVICE, settings.log_level)
     metrics = ServiceMetrics(SERVICE)
+    metrics.watch_gpu_memory()
     stage_seconds = metrics.histogram("imgpod_selfie_stage_seconds", "Time per analysis stage", ("stage",))
     unparsed = metrics.counter("imgpod_vlm_unparsed_total", "VLM answers that gave no usable features")
     analyses = metrics.counter("imgpod_selfie_analyses_total", "Selfies analysed", ("face",))
