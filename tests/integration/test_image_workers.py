@@ -233,9 +233,10 @@ def test_not_json_is_422(workers: dict[str, ServiceProcess]) -> None:
 
 
 def test_oversized_body_is_413(workers: dict[str, ServiceProcess]) -> None:
+    # Past the image workers' JSON limit (6 MiB by default: room for a base64 start image).
     resp = httpx.post(
         workers["chat1to1"].url + "/v1/generate",
-        content=b'{"prompt": "' + b"x" * (3 * 1024 * 1024) + b'"}',
+        content=b'{"prompt": "' + b"x" * (7 * 1024 * 1024) + b'"}',
         headers={**AUTH, "Content-Type": "application/json"},
     )
     assert resp.status_code == 413
@@ -266,6 +267,9 @@ def test_healthz_and_metrics(workers: dict[str, ServiceProcess], tiny_models: di
         "max_steps": 50,
         "max_guidance": 20.0,
         "max_n": 4,
+        # Image to image: the strengths a request may ask for.
+        "min_strength": 0.1,
+        "max_strength": 1.0,
     }
     assert (health["device"], health["dtype"], health["role"]) == ("cpu", "float32", "scenes")
     metrics = httpx.get(workers["scenes"].url + "/metrics", headers=AUTH).text
