@@ -128,11 +128,23 @@ class EdgeMiddleware:
         status = 500
         started_response = False
         too_large = False
+        left = False
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status, started_response
+            nonlocal status, started_response, left
             if too_large:
                 return  # the 413 went out already; drop whatever the app answers to its broken body
+            if (
+                counted
+                and not left
+                and message["type"] == "http.response.body"
+                and not message.get("more_body")
+            ):
+                # Out of flight before the last byte can reach the client: a caller that holds a slot per
+                # request (the interface's pools) may send its next one the moment it has this answer, and
+                # that one must not find this one still counted (a soak saw an LLM with a budget of 4 at 6).
+                left = True
+                self._leave()
             if message["type"] == "http.response.start":
                 status = message["status"]
                 started_response = True
@@ -202,7 +214,7 @@ class EdgeMiddleware:
                 if not too_large:
                     raise
         finally:
-            if counted:
+            if counted and not left:
                 self._leave()
             elapsed = time.perf_counter() - started
             route = scope.get("route")

@@ -31,6 +31,7 @@ def answer(verdict: str, *categories: str) -> ModerateResponse:
 
 class ScriptedPool:
     workers = ("http://llm.test",)
+    deployed = True
 
     def __init__(self, result: dict[str, Any] | ImgPodError) -> None:
         self.result = result
