@@ -13,7 +13,6 @@ import asyncio
 import base64
 import io
 import threading
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -37,6 +36,7 @@ from services.image_worker.pipeline import (
 from services.image_worker.settings import ImageSettings
 from shared.errors import PayloadTooLarge, ValidationFailed
 from shared.metrics import ServiceMetrics
+from tests.unit.test_image_batcher import with_engine
 
 PROMPT = "a red fox in a snowy forest"
 
@@ -86,19 +86,6 @@ def settings_for(model_dir: Path, **overrides: Any) -> ImageSettings:
         **overrides,
     }
     return ImageSettings(**values)
-
-
-def with_engine(settings: ImageSettings, scenario: Callable[[ImageEngine], Awaitable[Any]]) -> Any:
-    async def main() -> Any:
-        engine = ImageEngine(settings, ServiceMetrics("image_test"))
-        await engine.start()
-        assert engine.state == "ok", engine.error
-        try:
-            return await scenario(engine)
-        finally:
-            await engine.stop()
-
-    return asyncio.run(main())
 
 
 # --- one pipeline's weights ------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from services.interface.jobs.records import JobEvent, JobRecord, JobStatus
+from services.interface.sqlite_files import open_sqlite
 from shared.errors import ImgPodError
 
 
@@ -202,13 +203,7 @@ class SqliteJobStore(JobStore):
         self._conn = await asyncio.to_thread(self._open)
 
     def _open(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        # WAL: readers (GET, SSE snapshots) never wait for a writer; NORMAL: a power cut may lose the last
-        # transactions, not corrupt the file, and a process kill loses nothing.
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.executescript(_SCHEMA)
-        return conn
+        return open_sqlite(self.path, _SCHEMA)
 
     async def close(self) -> None:
         if self._conn is not None:

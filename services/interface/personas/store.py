@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from services.interface.personas.records import MAX_AVATARS, PersonaLimitReached, PersonaRecord
+from services.interface.sqlite_files import open_sqlite
 
 # A change applied to a record read in the same atomic step; it may raise to refuse the change.
 Change = Callable[[PersonaRecord], PersonaRecord]
@@ -113,11 +114,7 @@ class SqlitePersonaStore(PersonaStore):
         self._conn = await asyncio.to_thread(self._open)
 
     def _open(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10.0)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.executescript(_SCHEMA)
-        return conn
+        return open_sqlite(self.path, _SCHEMA, timeout_s=10.0)
 
     async def close(self) -> None:
         if self._conn is not None:
