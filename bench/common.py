@@ -183,9 +183,19 @@ class RawHttpClient:
     async def call(self) -> int:
         if self._idle:
             reader, writer = self._idle.pop()
-        else:
-            reader, writer = await asyncio.open_connection(self.host, self.port)
-            self._all.add(writer)
+            try:
+                return await self._exchange(reader, writer)
+            except (asyncio.IncompleteReadError, ConnectionError) as exc:
+                # A kept-alive connection the server closed as this request went out (its keep-alive
+                # timer): nothing was answered, so the request is sent again on a new one, as HTTP
+                # clients do. Any other failure, or a failure after an answer began, stays a failure.
+                if isinstance(exc, asyncio.IncompleteReadError) and exc.partial:
+                    raise
+        reader, writer = await asyncio.open_connection(self.host, self.port)
+        self._all.add(writer)
+        return await self._exchange(reader, writer)
+
+    async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
         try:
             writer.write(self._request)
             head = await reader.readuntil(b"\r\n\r\n")
