@@ -16,7 +16,7 @@ from services.interface.deps import FlowsDep, QueuesDep
 from services.interface.persona_generation import generate_persona
 from services.interface.personas.access import persona_store
 from services.interface.personas.avatars import avatar_pngs
-from services.interface.personas.records import PersonaRecord, new_persona_id, persona_path
+from services.interface.personas.records import PersonaRecord, persona_path
 from shared.models import GeneratedPersonaView, PersonaBrief, PersonaGenerate
 from shared.timings import StageTimer
 
@@ -48,15 +48,13 @@ async def generate(
         weight=body.n,
     )
     avatars = await avatar_pngs([drawn.image_base64, *(m.image_base64 for m in drawn.more_images)])
-    record = PersonaRecord(
-        id=new_persona_id(),
-        owner=owner,
-        features=draft.features,
+    record = PersonaRecord.drawn(
+        owner,
+        draft.features,
+        len(avatars),
         name=draft.name,
         personality=draft.personality,
         speaking_style=draft.speaking_style,
-        avatar_count=len(avatars),
-        approved=0,
     )
     record = await store.create(record, avatars)
     response.headers["Location"] = persona_path(record.id)

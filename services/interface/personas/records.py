@@ -64,6 +64,30 @@ class PersonaRecord:
         }
 
     @classmethod
+    def drawn(
+        cls,
+        owner: str | None,
+        features: Features,
+        avatar_count: int,
+        *,
+        name: str | None,
+        personality: str | None,
+        speaking_style: str | None,
+    ) -> PersonaRecord:
+        """A new persona whose avatar candidates were just drawn (from a selfie or a brief): the first one is
+        approved until the client picks another."""
+        return cls(
+            id=new_persona_id(),
+            owner=owner,
+            features=features,
+            name=name,
+            personality=personality,
+            speaking_style=speaking_style,
+            avatar_count=avatar_count,
+            approved=0 if avatar_count else None,
+        )
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PersonaRecord:
         return cls(**{**data, "features": Features.model_validate(data["features"])})
 

@@ -123,16 +123,13 @@ async def _from_selfie(request: Request, owner: str | None) -> PersonaRecord:
         )
     profile = profile_answer(await answer(request, submitted))
     avatars = await avatar_candidates(profile)
-    record = PersonaRecord(
-        id=new_persona_id(),
-        owner=owner,
-        features=profile.features,
+    record = PersonaRecord.drawn(
+        owner,
+        profile.features,
+        len(avatars),
         name=checked.name,
         personality=checked.personality,
         speaking_style=checked.speaking_style,
-        avatar_count=len(avatars),
-        # The first candidate is approved until the client picks another.
-        approved=0 if avatars else None,
     )
     return await store.create(record, avatars)
 
